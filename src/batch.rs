@@ -1,0 +1,238 @@
+//! Batching: segments in, batches of at most 50 out.
+//!
+//! A batch is closed when it holds [`MAX_BATCH_SEGMENTS`] documents or when its oldest segment has
+//! waited [`FLUSH_INTERVAL`]. [`Batcher`] is pure: it is fed segments and the current time and says
+//! when a batch is ready; the thread in [`run`] wires it to the queue and the backlog.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::queue::{QueueReader, Segment};
+
+/// PutTraceSegments accepts at most 50 documents per call.
+pub const MAX_BATCH_SEGMENTS: usize = 50;
+
+/// A segment waits at most this long for its batch to fill.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Segments uploaded together.
+#[derive(Debug)]
+pub struct Batch {
+    /// The documents, in arrival order.
+    pub segments: Vec<Segment>,
+    /// Sum of the segments' budget costs.
+    pub cost: u64,
+    /// When the first segment joined.
+    pub opened: Instant,
+}
+
+impl Batch {
+    fn new(now: Instant) -> Self {
+        Batch {
+            segments: Vec::with_capacity(MAX_BATCH_SEGMENTS),
+            cost: 0,
+            opened: now,
+        }
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// True when it holds no document.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Removes and returns the oldest document (used when the budget must shrink).
+    pub fn pop_oldest(&mut self) -> Option<Segment> {
+        if self.segments.is_empty() {
+            return None;
+        }
+        let s = self.segments.remove(0);
+        self.cost -= s.cost();
+        Some(s)
+    }
+
+    /// Keeps only the segments for which `keep` is true (used for partially failed batches).
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut i = 0;
+        self.segments.retain(|_| {
+            let k = keep(i);
+            i += 1;
+            k
+        });
+        self.cost = self.segments.iter().map(Segment::cost).sum();
+    }
+}
+
+/// The batching state machine.
+pub struct Batcher {
+    open: Option<Batch>,
+    max: usize,
+    interval: Duration,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher::new(MAX_BATCH_SEGMENTS, FLUSH_INTERVAL)
+    }
+}
+
+impl Batcher {
+    /// A batcher with a size limit (≤ 50) and a flush interval.
+    pub fn new(max: usize, interval: Duration) -> Self {
+        Batcher {
+            open: None,
+            max: max.clamp(1, MAX_BATCH_SEGMENTS),
+            interval,
+        }
+    }
+
+    /// Adds a segment; returns the batch it completed, if any.
+    pub fn push(&mut self, segment: Segment, now: Instant) -> Option<Batch> {
+        let batch = self.open.get_or_insert_with(|| Batch::new(now));
+        batch.cost += segment.cost();
+        batch.segments.push(segment);
+        if batch.segments.len() >= self.max {
+            return self.open.take();
+        }
+        None
+    }
+
+    /// When the open batch must be flushed, if one is open.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.open.as_ref().map(|b| b.opened + self.interval)
+    }
+
+    /// Returns the open batch if its time has come.
+    pub fn poll(&mut self, now: Instant) -> Option<Batch> {
+        match self.deadline() {
+            Some(d) if now >= d => self.open.take(),
+            _ => None,
+        }
+    }
+
+    /// Returns the open batch whatever its age (shutdown).
+    pub fn flush(&mut self) -> Option<Batch> {
+        self.open.take()
+    }
+}
+
+/// Runs the batcher until every producer is gone and the queue is drained, handing each batch to
+/// `out`. Idle, it sleeps in the queue's blocking receive.
+pub fn run(queue: QueueReader, mut out: impl FnMut(Batch)) {
+    let mut batcher = Batcher::default();
+    loop {
+        let received = match batcher.deadline() {
+            Some(deadline) => queue.rx.recv_deadline(deadline),
+            None => queue.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(segment) => {
+                if let Some(b) = batcher.push(segment, Instant::now()) {
+                    out(b);
+                }
+                // Take what is already waiting without blocking again.
+                while let Ok(segment) = queue.rx.try_recv() {
+                    if let Some(b) = batcher.push(segment, Instant::now()) {
+                        out(b);
+                    }
+                }
+                if let Some(b) = batcher.poll(Instant::now()) {
+                    out(b);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(b) = batcher.poll(Instant::now()) {
+                    out(b);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(b) = batcher.flush() {
+                    out(b);
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(i: u32) -> Segment {
+        Segment::new(format!("{{\"i\":{i}}}").as_bytes())
+    }
+
+    #[test]
+    fn flushes_when_full() {
+        let t0 = Instant::now();
+        let mut b = Batcher::default();
+        for i in 0..49 {
+            assert!(b.push(seg(i), t0).is_none());
+        }
+        let full = b.push(seg(49), t0).expect("50th segment closes the batch");
+        assert_eq!(full.len(), 50);
+        assert_eq!(full.segments[0], seg(0));
+        assert_eq!(
+            full.cost,
+            full.segments.iter().map(Segment::cost).sum::<u64>()
+        );
+        assert!(b.deadline().is_none());
+        assert!(b.push(seg(50), t0).is_none());
+    }
+
+    #[test]
+    fn flushes_one_interval_after_the_first_segment() {
+        let t0 = Instant::now();
+        let mut b = Batcher::default();
+        assert!(
+            b.poll(t0 + Duration::from_secs(5)).is_none(),
+            "nothing open"
+        );
+        b.push(seg(1), t0);
+        b.push(seg(2), t0 + Duration::from_millis(900));
+        assert_eq!(b.deadline(), Some(t0 + FLUSH_INTERVAL));
+        assert!(b.poll(t0 + Duration::from_millis(999)).is_none());
+        let batch = b.poll(t0 + FLUSH_INTERVAL).expect("due");
+        assert_eq!(batch.len(), 2);
+        assert!(b.poll(t0 + Duration::from_secs(10)).is_none());
+    }
+
+    #[test]
+    fn pop_oldest_and_retain_keep_cost_right() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(3, FLUSH_INTERVAL);
+        b.push(seg(1), t0);
+        b.push(seg(22), t0);
+        let mut batch = b.push(seg(333), t0).unwrap();
+        assert_eq!(batch.pop_oldest(), Some(seg(1)));
+        assert_eq!(batch.cost, seg(22).cost() + seg(333).cost());
+        batch.retain(|i| i == 1);
+        assert_eq!(batch.segments, vec![seg(333)]);
+        assert_eq!(batch.cost, seg(333).cost());
+    }
+
+    #[test]
+    fn run_drains_everything_then_stops() {
+        let stats = std::sync::Arc::new(crate::stats::Stats::default());
+        struct NoOlder;
+        impl crate::queue::EvictOldest for NoOlder {
+            fn evict_oldest(&self) -> Option<Segment> {
+                None
+            }
+        }
+        let (w, r) = crate::queue::bounded(1000, 1 << 30, stats, std::sync::Arc::new(NoOlder));
+        for i in 0..120 {
+            w.push(seg(i));
+        }
+        drop(w);
+        let mut sizes = vec![];
+        run(r, |b| sizes.push(b.len()));
+        assert_eq!(sizes, vec![50, 50, 20]);
+    }
+}

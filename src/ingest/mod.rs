@@ -1,0 +1,3 @@
+//! Ingest: UDP datagrams in, validated documents out.
+
+pub mod datagram;

@@ -1,0 +1,10 @@
+//! xrayd: receives X-Ray segment datagrams over UDP and forwards them to AWS X-Ray.
+//!
+//! The data flows ingest → queue → batch → upload. The pure core (datagram validation, the byte
+//! budget, batching decisions, retry schedule, request encoding, signing, config resolution) is
+//! testable without sockets; the I/O edges (UDP ingest, HTTP upload) are thin.
+
+pub mod batch;
+pub mod ingest;
+pub mod queue;
+pub mod stats;

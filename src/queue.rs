@@ -1,0 +1,239 @@
+//! The queue between ingest and batching, and the byte budget that covers everything held.
+//!
+//! Ingest pushes segments into a lock-free bounded ring (a crossbeam array channel); the batcher
+//! drains it. Every held segment is charged to [`Stats::bytes_held`] from the moment it is queued
+//! until it is delivered or dropped, so the budget covers what is queued, batched, in flight and
+//! awaiting retry. A push that would exceed the budget first drops the **oldest** held segments
+//! (batches awaiting upload or retry, then the ring's head), counted as spillover.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::stats::Stats;
+
+/// Bytes charged per segment on top of its body: the allocation's bookkeeping and the ring slot.
+pub const SEGMENT_OVERHEAD: u64 = 48;
+
+/// One accepted segment document, byte-exact as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment(Box<[u8]>);
+
+impl Segment {
+    /// Copies a validated body.
+    pub fn new(body: &[u8]) -> Self {
+        Segment(body.into())
+    }
+
+    /// The document's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// What holding this segment costs against the budget.
+    pub fn cost(&self) -> u64 {
+        self.0.len() as u64 + SEGMENT_OVERHEAD
+    }
+}
+
+/// A place that holds segments within the budget and can give up its oldest one.
+pub trait EvictOldest: Send + Sync {
+    /// Removes and returns the oldest segment held here, if any. The caller accounts for it.
+    fn evict_oldest(&self) -> Option<Segment>;
+}
+
+/// Producer side: admits segments within the budget.
+#[derive(Clone)]
+pub struct QueueWriter {
+    tx: Sender<Segment>,
+    rx: Receiver<Segment>,
+    budget: u64,
+    stats: Arc<Stats>,
+    older: Arc<dyn EvictOldest>,
+}
+
+/// Consumer side, owned by the batcher.
+pub struct QueueReader {
+    pub rx: Receiver<Segment>,
+}
+
+/// Creates the ring with room for `slots` segments and a budget of `budget` bytes. `older` is where
+/// segments that left the ring still count against the budget (batches awaiting upload).
+pub fn bounded(
+    slots: usize,
+    budget: u64,
+    stats: Arc<Stats>,
+    older: Arc<dyn EvictOldest>,
+) -> (QueueWriter, QueueReader) {
+    let (tx, rx) = crossbeam_channel::bounded(slots.max(1));
+    (
+        QueueWriter {
+            tx,
+            rx: rx.clone(),
+            budget,
+            stats,
+            older,
+        },
+        QueueReader { rx },
+    )
+}
+
+/// What happened to a pushed segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued; `evicted` older segments were dropped to make room.
+    Queued { evicted: u64 },
+    /// Nothing older could be dropped (all in flight), so this one was dropped.
+    Dropped,
+}
+
+impl QueueWriter {
+    /// Queues a segment, dropping the oldest held segments if the budget requires it.
+    pub fn push(&self, segment: Segment) -> Admission {
+        let cost = segment.cost();
+        let mut evicted = 0;
+        while self.stats.bytes_held.load(Relaxed) + cost > self.budget {
+            match self
+                .older
+                .evict_oldest()
+                .or_else(|| self.rx.try_recv().ok())
+            {
+                Some(old) => {
+                    self.drop_held(&old);
+                    evicted += 1;
+                }
+                None => {
+                    self.stats.spillover.fetch_add(1, Relaxed);
+                    return Admission::Dropped;
+                }
+            }
+        }
+        self.stats.hold(1, cost);
+        let mut segment = segment;
+        loop {
+            match self.tx.try_send(segment) {
+                Ok(()) => return Admission::Queued { evicted },
+                Err(TrySendError::Full(back)) => {
+                    // The ring is full by count: the oldest queued segment makes way.
+                    segment = back;
+                    if let Ok(old) = self.rx.try_recv() {
+                        self.drop_held(&old);
+                        evicted += 1;
+                    }
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    // The batcher is gone (shutdown): this segment cannot be delivered.
+                    self.stats.release(1, back.cost());
+                    self.stats.dropped_at_shutdown.fetch_add(1, Relaxed);
+                    return Admission::Dropped;
+                }
+            }
+        }
+    }
+
+    fn drop_held(&self, old: &Segment) {
+        self.stats.release(1, old.cost());
+        self.stats.spillover.fetch_add(1, Relaxed);
+    }
+}
+
+/// A budget in bytes: `-m` megabytes, or the default derived from the host.
+pub fn budget_bytes(megabytes: u64) -> u64 {
+    megabytes * 1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::VecDeque;
+
+    #[derive(Default)]
+    struct Older(Mutex<VecDeque<Segment>>);
+    impl EvictOldest for Older {
+        fn evict_oldest(&self) -> Option<Segment> {
+            self.0.lock().pop_front()
+        }
+    }
+
+    fn seg(n: usize, tag: u8) -> Segment {
+        Segment::new(&vec![tag; n])
+    }
+
+    #[test]
+    fn within_budget_everything_is_queued() {
+        let stats = Arc::new(Stats::default());
+        let (w, r) = bounded(16, 10_000, stats.clone(), Arc::new(Older::default()));
+        for i in 0..5 {
+            assert_eq!(w.push(seg(100, i)), Admission::Queued { evicted: 0 });
+        }
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.segments_held, s.bytes_held),
+            (5, 5 * (100 + SEGMENT_OVERHEAD))
+        );
+        let got: Vec<u8> = r.rx.try_iter().map(|s| s.bytes()[0]).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn over_budget_drops_oldest_first_from_older_holders_then_the_ring() {
+        let stats = Arc::new(Stats::default());
+        let older = Arc::new(Older::default());
+        let cost = 100 + SEGMENT_OVERHEAD;
+        // Two segments already batched (held elsewhere), charged to the budget.
+        older.0.lock().extend([seg(100, 100), seg(100, 101)]);
+        stats.hold(2, 2 * cost);
+        let (w, r) = bounded(16, 4 * cost, stats.clone(), older.clone());
+        assert_eq!(w.push(seg(100, 0)), Admission::Queued { evicted: 0 });
+        assert_eq!(w.push(seg(100, 1)), Admission::Queued { evicted: 0 });
+        // Full: the next pushes evict the batched ones first, then the ring's head.
+        assert_eq!(w.push(seg(100, 2)), Admission::Queued { evicted: 1 });
+        assert_eq!(older.0.lock().front().map(|s| s.bytes()[0]), Some(101));
+        assert_eq!(w.push(seg(100, 3)), Admission::Queued { evicted: 1 });
+        assert!(older.0.lock().is_empty());
+        assert_eq!(w.push(seg(100, 4)), Admission::Queued { evicted: 1 });
+        let s = stats.snapshot();
+        assert_eq!(s.spillover, 3);
+        assert_eq!((s.segments_held, s.bytes_held), (4, 4 * cost));
+        let got: Vec<u8> = r.rx.try_iter().map(|s| s.bytes()[0]).collect();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_big_segment_evicts_as_many_as_needed() {
+        let stats = Arc::new(Stats::default());
+        let (w, r) = bounded(16, 1000, stats.clone(), Arc::new(Older::default()));
+        for i in 0..4 {
+            w.push(seg(150, i));
+        }
+        assert_eq!(w.push(seg(700, 9)), Admission::Queued { evicted: 3 });
+        let got: Vec<u8> = r.rx.try_iter().map(|s| s.bytes()[0]).collect();
+        assert_eq!(got, vec![3, 9]);
+        assert_eq!(stats.snapshot().spillover, 3);
+    }
+
+    #[test]
+    fn nothing_evictable_drops_the_newcomer() {
+        let stats = Arc::new(Stats::default());
+        stats.hold(1, 900); // in flight, not evictable
+        let (w, _r) = bounded(16, 1000, stats.clone(), Arc::new(Older::default()));
+        assert_eq!(w.push(seg(100, 1)), Admission::Dropped);
+        let s = stats.snapshot();
+        assert_eq!((s.spillover, s.segments_held, s.bytes_held), (1, 1, 900));
+    }
+
+    #[test]
+    fn a_full_ring_drops_its_oldest() {
+        let stats = Arc::new(Stats::default());
+        let (w, r) = bounded(2, 1 << 20, stats.clone(), Arc::new(Older::default()));
+        for i in 0..3 {
+            w.push(seg(10, i));
+        }
+        let got: Vec<u8> = r.rx.try_iter().map(|s| s.bytes()[0]).collect();
+        assert_eq!(got, vec![1, 2]);
+        let s = stats.snapshot();
+        assert_eq!((s.spillover, s.segments_held), (1, 2));
+    }
+}
