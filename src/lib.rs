@@ -4,7 +4,12 @@
 //! budget, batching decisions, retry schedule, request encoding, signing, config resolution) is
 //! testable without sockets; the I/O edges (UDP ingest, HTTP upload) are thin.
 
+pub mod aws;
 pub mod batch;
+pub mod config;
+pub mod daemon;
 pub mod ingest;
+pub mod log;
 pub mod queue;
 pub mod stats;
+pub mod upload;

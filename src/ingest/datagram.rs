@@ -107,8 +107,7 @@ impl Validator {
         if header.len() > 1024 {
             return false;
         }
-        self.with_tape(header, |tape| header_fields_ok(tape))
-            .unwrap_or(false)
+        self.with_tape(header, header_fields_ok).unwrap_or(false)
     }
 
     fn is_json_object(&mut self, body: &[u8]) -> bool {

@@ -1,0 +1,246 @@
+//! Wires the pipeline together and runs it until a shutdown signal: ingest → queue → batch → upload.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::aws::credentials::{
+    EnvironmentProvider, NoCredentials, ProvideCredentials, redacted_key_id,
+};
+use crate::aws::endpoint::resolve_xray_endpoint;
+use crate::config::{ConfigError, Settings};
+use crate::ingest::{self, Ingest};
+use crate::log::Throttle;
+use crate::queue;
+use crate::stats::Stats;
+use crate::upload::backlog::Backlog;
+use crate::upload::client::{ClientConfig, XrayClient};
+use crate::upload::retry::Backoff;
+use crate::upload::sink::{LocalSink, Sink, XraySink};
+use crate::upload::{FAILURE_LOG_INTERVAL, Uploader};
+
+/// The version printed by `-v` and sent in the user agent.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The user agent suffix the AWS daemon sends, naming xrayd.
+pub fn user_agent(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let exec_env = env("AWS_EXECUTION_ENV")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "UNKNOWN".into());
+    format!(
+        "xray-agent/xrayd/{VERSION} exec-env/{exec_env} OS/{}-{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// Ring slots between ingest and the batcher: enough for bursts while the batcher is descheduled.
+fn ring_slots(budget: u64) -> usize {
+    (budget / 4096).clamp(4096, 65_536) as usize
+}
+
+/// Builds where batches go: the local sink, or X-Ray with credentials from the environment.
+fn build_sink(
+    s: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    if let Some(path) = &s.local_sink {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| ConfigError(format!("--local-sink: cannot open {path}: {e}")))?,
+            )
+        };
+        crate::info!(
+            "Using local sink: writing segments to {} instead of X-Ray",
+            if path == "-" { "stdout" } else { path }
+        );
+        return Ok(Arc::new(LocalSink::new(out)));
+    }
+    let region = s.region.as_deref().unwrap_or_default();
+    crate::info!("Using region: {region}");
+    let endpoint = resolve_xray_endpoint(s.endpoint.as_deref(), env, region)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let credentials: Arc<dyn ProvideCredentials> = match EnvironmentProvider::from_env(env) {
+        Some(p) => {
+            if let Ok(c) = p.credentials() {
+                crate::info!(
+                    "Using credentials from the environment (key id {})",
+                    redacted_key_id(c.access_key_id())
+                );
+            }
+            Arc::new(p)
+        }
+        None => {
+            crate::warn!(
+                "No AWS credentials found (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); segments are buffered until uploads succeed"
+            );
+            Arc::new(NoCredentials)
+        }
+    };
+    let client = XrayClient::new(
+        &ClientConfig {
+            endpoint: endpoint.url.clone(),
+            region: region.to_string(),
+            user_agent: user_agent(env),
+            timeout: s.upload_timeout,
+            proxy: s.proxy.clone(),
+            max_idle: s.concurrency,
+        },
+        credentials,
+    )
+    .map_err(ConfigError)?;
+    crate::info!(
+        "Using X-Ray endpoint: {} (from {})",
+        endpoint.url,
+        endpoint.source
+    );
+    Ok(Arc::new(XraySink { client }))
+}
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    crate::info!("Initializing xrayd {VERSION} (AWS X-Ray daemon compatible)");
+    crate::info!(
+        "Using buffer memory limit of {} MB",
+        s.budget_bytes / (1024 * 1024)
+    );
+    if s.config_file.is_some() || s.role_arn.is_some() {
+        let which = if s.config_file.is_some() {
+            "-c/--config"
+        } else {
+            "-r/--role-arn"
+        };
+        crate::error!(
+            "{which} is not supported by this version of xrayd yet; remove it or use the equivalent flags"
+        );
+        return 1;
+    }
+    let sink = match build_sink(&s, env) {
+        Ok(sink) => sink,
+        Err(e) => {
+            crate::error!("{e}");
+            return 1;
+        }
+    };
+    let stats = Arc::new(Stats::default());
+    let backlog = Arc::new(Backlog::new(stats.clone()));
+    let (writer, reader) = queue::bounded(
+        ring_slots(s.budget_bytes),
+        s.budget_bytes,
+        stats.clone(),
+        backlog.clone(),
+    );
+    let listener = match ingest::bind(s.udp_addr, s.receive_buffer) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::error!(
+                "Cannot listen on UDP {}: {e}. Use -b to choose another address",
+                s.udp_addr
+            );
+            return 1;
+        }
+    };
+    crate::info!("Listening for segments on UDP {}", listener.local_addr);
+    crate::info!(
+        "UDP receive buffer: {} bytes granted (asked for {})",
+        listener.receive_buffer,
+        s.receive_buffer
+    );
+    if s.tcp_addr != "127.0.0.1:2000" {
+        crate::warn!(
+            "-t/--bind-tcp {}: the sampling proxy is not available in this version yet",
+            s.tcp_addr
+        );
+    }
+
+    let batcher = {
+        let backlog = backlog.clone();
+        spawn("xrayd-batch", move || {
+            crate::batch::run(reader, |b| backlog.push_fresh(b));
+            backlog.close();
+        })
+    };
+    let uploader = Uploader {
+        backlog: backlog.clone(),
+        sink,
+        stats: stats.clone(),
+        backoff: Backoff {
+            base: s.retry_base_delay,
+            max: s.retry_max_delay,
+        },
+        failures_logged: Arc::new(Throttle::new(FAILURE_LOG_INTERVAL)),
+    };
+    let uploaders: Vec<_> = (0..s.concurrency)
+        .map(|i| {
+            let u = uploader.clone();
+            spawn(&format!("xrayd-upload-{i}"), move || u.run(i as u64))
+        })
+        .collect();
+    let ingest = match Ingest::start(listener, s.ingest_workers, writer, stats.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            crate::error!("Cannot start UDP ingest: {e}");
+            return 1;
+        }
+    };
+
+    let signal = wait_for_signal();
+    crate::info!("Got shutdown signal: {signal}");
+    let deadline = Instant::now() + s.shutdown_timeout;
+    ingest.stop();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    spawn("xrayd-drain", move || {
+        let _ = batcher.join();
+        for u in uploaders {
+            let _ = u.join();
+        }
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_deadline(deadline).is_err() {
+        let left = stats.snapshot().segments_held;
+        backlog.drain_all();
+        stats
+            .dropped_at_shutdown
+            .fetch_add(left, std::sync::atomic::Ordering::Relaxed);
+        crate::warn!(
+            "Shutdown timeout of {:.1} seconds reached: dropped {left} segments that were still buffered",
+            s.shutdown_timeout.as_secs_f64()
+        );
+    }
+    crate::info!("Final counts: {}", stats.snapshot().to_kv_line());
+    crate::info!("Shutdown finished");
+    0
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .unwrap_or_else(|e| {
+            crate::error!("Cannot start thread {name}: {e}");
+            std::process::exit(1)
+        })
+}
+
+/// Blocks until SIGINT or SIGTERM; returns its name as Go prints it.
+fn wait_for_signal() -> &'static str {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => match signals.forever().next() {
+            Some(SIGINT) => "interrupt",
+            _ => "terminated",
+        },
+        Err(e) => {
+            crate::error!("Cannot install signal handlers: {e}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Batches waiting for an uploader: fresh ones, and failed ones waiting for their retry.
+//!
+//! Uploaders take the oldest retry that is due, else the oldest fresh batch. After a run of
+//! consecutive failures (X-Ray down or throttling hard) fresh batches also wait for the backoff, so
+//! an outage is not hammered. Everything here is still charged to the budget; when ingest needs room
+//! it takes the oldest segments from here first ([`EvictOldest`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::Batch;
+use crate::queue::{EvictOldest, Segment};
+use crate::stats::Stats;
+
+/// Consecutive failures after which fresh batches wait for the backoff too.
+pub const GATE_AFTER_FAILURES: u32 = 3;
+
+/// A batch and its upload history.
+#[derive(Debug)]
+pub struct Pending {
+    pub batch: Batch,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be retried before this instant.
+    pub not_before: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    retry: VecDeque<Pending>,
+    fresh: VecDeque<Batch>,
+    in_flight: usize,
+    closed: bool,
+    failure_streak: u32,
+    gate_until: Option<Instant>,
+}
+
+/// The shared backlog.
+pub struct Backlog {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    stats: Arc<Stats>,
+}
+
+impl Backlog {
+    /// An empty backlog reporting evictions to `stats`.
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Backlog {
+            inner: Mutex::new(Inner::default()),
+            ready: Condvar::new(),
+            stats,
+        }
+    }
+
+    /// Adds a batch from the batcher.
+    pub fn push_fresh(&self, batch: Batch) {
+        self.inner.lock().fresh.push_back(batch);
+        self.ready.notify_one();
+    }
+
+    /// No more fresh batches will come; uploaders stop once everything is done.
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Waits for the next batch to upload. `None` once closed and fully drained.
+    pub fn take(&self) -> Option<Pending> {
+        let mut inner = self.inner.lock();
+        loop {
+            let now = Instant::now();
+            if let Some(p) = take_due(&mut inner, now) {
+                inner.in_flight += 1;
+                return Some(p);
+            }
+            if inner.closed
+                && inner.fresh.is_empty()
+                && inner.retry.is_empty()
+                && inner.in_flight == 0
+            {
+                self.ready.notify_all();
+                return None;
+            }
+            match next_wake(&inner) {
+                Some(at) => {
+                    self.ready.wait_until(&mut inner, at);
+                }
+                None => self.ready.wait(&mut inner),
+            }
+        }
+    }
+
+    /// The batch was delivered (or given up); resets the failure streak when `success`.
+    pub fn finished(&self, success: bool) {
+        let mut inner = self.inner.lock();
+        inner.in_flight -= 1;
+        if success {
+            inner.failure_streak = 0;
+            inner.gate_until = None;
+        }
+        drop(inner);
+        self.ready.notify_all();
+    }
+
+    /// The batch failed in a retryable way: it waits until `not_before`. `gate_until` is when
+    /// fresh batches may go again should failures keep coming.
+    pub fn retry_later(&self, pending: Pending, gate_until: Instant) {
+        let mut inner = self.inner.lock();
+        inner.in_flight -= 1;
+        inner.failure_streak += 1;
+        if inner.failure_streak >= GATE_AFTER_FAILURES {
+            inner.gate_until = Some(gate_until);
+        }
+        // Keep the retry list ordered by age of data: the oldest batch first.
+        let pos = inner
+            .retry
+            .iter()
+            .position(|p| p.batch.opened > pending.batch.opened)
+            .unwrap_or(inner.retry.len());
+        inner.retry.insert(pos, pending);
+        drop(inner);
+        self.ready.notify_all();
+    }
+
+    /// Current consecutive failures.
+    pub fn failure_streak(&self) -> u32 {
+        self.inner.lock().failure_streak
+    }
+
+    /// Batches waiting (fresh + retry) and in flight.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let i = self.inner.lock();
+        (i.fresh.len(), i.retry.len(), i.in_flight)
+    }
+
+    /// Removes everything waiting (shutdown deadline); returns the segments dropped.
+    pub fn drain_all(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        let mut n = 0;
+        let inner = &mut *inner;
+        for b in inner
+            .fresh
+            .drain(..)
+            .chain(inner.retry.drain(..).map(|p| p.batch))
+        {
+            self.stats.release(b.len() as u64, b.cost);
+            n += b.len() as u64;
+        }
+        n
+    }
+}
+
+fn take_due(inner: &mut Inner, now: Instant) -> Option<Pending> {
+    if inner.retry.front().is_some_and(|p| p.not_before <= now) {
+        return inner.retry.pop_front();
+    }
+    // A due retry further back (different attempt counts) goes before fresh work too.
+    if let Some(pos) = inner.retry.iter().position(|p| p.not_before <= now) {
+        return inner.retry.remove(pos);
+    }
+    let gated = inner.gate_until.is_some_and(|g| g > now);
+    if !gated && let Some(batch) = inner.fresh.pop_front() {
+        return Some(Pending {
+            batch,
+            attempts: 0,
+            not_before: now,
+        });
+    }
+    None
+}
+
+fn next_wake(inner: &Inner) -> Option<Instant> {
+    let retry = inner.retry.iter().map(|p| p.not_before).min();
+    let gate = if inner.fresh.is_empty() {
+        None
+    } else {
+        inner.gate_until
+    };
+    match (retry, gate) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl EvictOldest for Backlog {
+    fn evict_oldest(&self) -> Option<Segment> {
+        let mut inner = self.inner.lock();
+        // Batches awaiting retry hold the oldest data, then fresh batches in arrival order.
+        if let Some(p) = inner.retry.front_mut() {
+            let seg = p.batch.pop_oldest();
+            if p.batch.is_empty() {
+                inner.retry.pop_front();
+            }
+            return seg;
+        }
+        let b = inner.fresh.front_mut()?;
+        let seg = b.pop_oldest();
+        if b.is_empty() {
+            inner.fresh.pop_front();
+        }
+        seg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batcher;
+    use std::time::Duration;
+
+    fn batch(tags: &[u8]) -> Batch {
+        let mut b = Batcher::new(tags.len(), Duration::from_secs(1));
+        let mut out = None;
+        for &t in tags {
+            out = b.push(Segment::new(&[t]), Instant::now());
+        }
+        out.unwrap()
+    }
+
+    fn tags(b: &Batch) -> Vec<u8> {
+        b.segments.iter().map(|s| s.bytes()[0]).collect()
+    }
+
+    #[test]
+    fn fresh_in_order_then_drained_and_closed() {
+        let bl = Backlog::new(Arc::new(Stats::default()));
+        bl.push_fresh(batch(&[1, 2]));
+        bl.push_fresh(batch(&[3]));
+        bl.close();
+        let a = bl.take().unwrap();
+        assert_eq!((tags(&a.batch), a.attempts), (vec![1, 2], 0));
+        let b = bl.take().unwrap();
+        assert_eq!(tags(&b.batch), vec![3]);
+        bl.finished(true);
+        bl.finished(true);
+        assert!(bl.take().is_none());
+    }
+
+    #[test]
+    fn due_retries_go_first_and_not_before_is_respected() {
+        let bl = Backlog::new(Arc::new(Stats::default()));
+        bl.push_fresh(batch(&[1]));
+        let p = bl.take().unwrap();
+        let now = Instant::now();
+        bl.retry_later(
+            Pending {
+                attempts: 1,
+                not_before: now + Duration::from_millis(150),
+                ..p
+            },
+            now,
+        );
+        bl.push_fresh(batch(&[2]));
+        // Retry not due yet: fresh work proceeds (one failure does not gate).
+        assert_eq!(tags(&bl.take().unwrap().batch), vec![2]);
+        bl.finished(true);
+        let started = Instant::now();
+        let r = bl.take().unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "waited for the retry"
+        );
+        assert_eq!((tags(&r.batch), r.attempts), (vec![1], 1));
+    }
+
+    #[test]
+    fn a_failure_streak_gates_fresh_batches() {
+        let bl = Backlog::new(Arc::new(Stats::default()));
+        let far = Instant::now() + Duration::from_secs(3600);
+        for i in 0..GATE_AFTER_FAILURES as u8 {
+            bl.push_fresh(batch(&[i]));
+            let p = bl.take().unwrap();
+            bl.retry_later(
+                Pending {
+                    attempts: 1,
+                    not_before: far,
+                    ..p
+                },
+                far,
+            );
+        }
+        bl.push_fresh(batch(&[9]));
+        assert!(bl.inner.lock().gate_until.is_some());
+        assert!(
+            take_due(&mut bl.inner.lock(), Instant::now()).is_none(),
+            "gated"
+        );
+        bl.push_fresh(batch(&[10]));
+        // A success opens the gate again.
+        bl.inner.lock().in_flight += 1;
+        bl.finished(true);
+        assert_eq!(
+            tags(
+                &take_due(&mut bl.inner.lock(), Instant::now())
+                    .unwrap()
+                    .batch
+            ),
+            vec![9]
+        );
+    }
+
+    #[test]
+    fn eviction_takes_retry_data_first_then_fresh_oldest_first() {
+        let bl = Backlog::new(Arc::new(Stats::default()));
+        bl.push_fresh(batch(&[1, 2]));
+        let p = bl.take().unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        bl.retry_later(
+            Pending {
+                attempts: 1,
+                not_before: later,
+                ..p
+            },
+            later,
+        );
+        bl.push_fresh(batch(&[3, 4]));
+        let order: Vec<u8> = std::iter::from_fn(|| bl.evict_oldest())
+            .map(|s| s.bytes()[0])
+            .collect();
+        assert_eq!(order, vec![1, 2, 3, 4]);
+        assert_eq!(bl.counts(), (0, 0, 0));
+    }
+}

@@ -1,0 +1,235 @@
+//! A signed, keep-alive HTTP client for X-Ray's API (uploads now; telemetry and the sampling proxy
+//! use the same client).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::aws::credentials::ProvideCredentials;
+use crate::aws::sigv4::{Scope, sign_headers};
+use crate::stats::BackendError;
+
+/// Client settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `https://xray.us-east-1.amazonaws.com` (no trailing slash).
+    pub endpoint: String,
+    /// Signing region.
+    pub region: String,
+    /// Full `User-Agent` value.
+    pub user_agent: String,
+    /// Whole-call timeout.
+    pub timeout: Duration,
+    /// Outbound HTTPS proxy, if any.
+    pub proxy: Option<String>,
+    /// Idle connections kept for reuse.
+    pub max_idle: usize,
+}
+
+/// An answer from X-Ray (any status).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// `x-amzn-ErrorType` header, if present.
+    pub error_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// A call that got no HTTP answer, or could not be made.
+#[derive(Debug)]
+pub struct CallError {
+    pub class: BackendError,
+    /// What went wrong; never contains a secret.
+    pub detail: String,
+    /// False when retrying cannot help (no credentials is retryable: they may come).
+    pub retryable: bool,
+}
+
+/// The client. Cheap to share between threads.
+pub struct XrayClient {
+    agent: ureq::Agent,
+    endpoint: String,
+    host: String,
+    scope: Scope,
+    user_agent: String,
+    credentials: Arc<dyn ProvideCredentials>,
+}
+
+/// Largest answer body read (X-Ray's answers are small).
+const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
+
+impl XrayClient {
+    /// Builds the client; fails on an unusable endpoint or proxy.
+    pub fn new(
+        cfg: &ClientConfig,
+        credentials: Arc<dyn ProvideCredentials>,
+    ) -> Result<Self, String> {
+        let host = authority(&cfg.endpoint)
+            .ok_or_else(|| format!("endpoint {:?} has no host", cfg.endpoint))?;
+        let proxy = match &cfg.proxy {
+            Some(p) => Some(ureq::Proxy::new(p).map_err(|e| format!("proxy address {p:?}: {e}"))?),
+            None => None,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(cfg.timeout))
+            .max_idle_connections(cfg.max_idle.max(1))
+            .max_idle_connections_per_host(cfg.max_idle.max(1))
+            .user_agent(cfg.user_agent.as_str())
+            .proxy(proxy)
+            .build()
+            .into();
+        Ok(XrayClient {
+            agent,
+            endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
+            host,
+            scope: Scope {
+                region: cfg.region.clone(),
+                service: "xray",
+            },
+            user_agent: cfg.user_agent.clone(),
+            credentials,
+        })
+    }
+
+    /// The base URL calls go to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Signs and POSTs `body` to `path` (e.g. `/TraceSegments`) and reads the whole answer.
+    pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, CallError> {
+        let creds = self.credentials.credentials().map_err(|e| CallError {
+            class: BackendError::Other,
+            detail: e.to_string(),
+            retryable: true,
+        })?;
+        let url = format!("{}{}", self.endpoint, path);
+        let timestamp = xray_timestamp(SystemTime::now());
+        let signed_input = [
+            ("host", self.host.as_str()),
+            ("content-type", "application/json"),
+            ("x-amzn-xray-timestamp", timestamp.as_str()),
+        ];
+        let auth = sign_headers(
+            "POST",
+            &url,
+            &signed_input,
+            body,
+            &creds,
+            &self.scope,
+            SystemTime::now(),
+        )
+        .map_err(|e| CallError {
+            class: BackendError::Other,
+            detail: e.to_string(),
+            retryable: false,
+        })?;
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-amzn-xray-timestamp", timestamp.as_str())
+            .header("user-agent", self.user_agent.as_str());
+        for (name, value) in &auth {
+            req = req.header(*name, value.as_str());
+        }
+        let mut resp = req.send(body).map_err(classify)?;
+        let status = resp.status().as_u16();
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(classify)?;
+        Ok(Answer {
+            status,
+            error_type,
+            body,
+        })
+    }
+}
+
+/// Puts a transport failure in its telemetry bucket. Every failure without an answer is retryable.
+pub fn classify(e: ureq::Error) -> CallError {
+    let class = match &e {
+        ureq::Error::Timeout(_) => BackendError::Timeout,
+        ureq::Error::HostNotFound => BackendError::UnknownHost,
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => BackendError::ConnectionRefused,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => BackendError::Timeout,
+            _ if is_resolution_failure(io) => BackendError::UnknownHost,
+            _ => BackendError::Other,
+        },
+        _ => BackendError::Other,
+    };
+    CallError {
+        class,
+        detail: e.to_string(),
+        retryable: true,
+    }
+}
+
+fn is_resolution_failure(e: &io::Error) -> bool {
+    let s = e.to_string();
+    s.contains("failed to lookup address") || s.contains("Name or service not known")
+}
+
+/// `X-Amzn-Xray-Timestamp`: Unix seconds with 9 decimals.
+pub fn xray_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// `host[:port]` of a URL, without a default port (what an HTTP client sends as `Host`).
+pub fn authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let auth = rest.split(['/', '?', '#']).next()?;
+    let auth = auth.rsplit('@').next()?;
+    if auth.is_empty() {
+        return None;
+    }
+    let default = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    Some(
+        auth.strip_suffix(default)
+            .filter(|_| !default.is_empty())
+            .unwrap_or(auth)
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_drops_default_ports_only() {
+        assert_eq!(
+            authority("https://xray.us-east-1.amazonaws.com").as_deref(),
+            Some("xray.us-east-1.amazonaws.com")
+        );
+        assert_eq!(authority("https://h:443/x").as_deref(), Some("h"));
+        assert_eq!(
+            authority("http://127.0.0.1:4566/").as_deref(),
+            Some("127.0.0.1:4566")
+        );
+        assert_eq!(authority("http://[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(authority("nope"), None);
+        assert_eq!(authority("http:///path"), None);
+    }
+
+    #[test]
+    fn timestamp_has_nine_decimals() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(xray_timestamp(t), "1700000000.000000005");
+    }
+}

@@ -1,0 +1,195 @@
+//! Where batches go: X-Ray's PutTraceSegments, or the local sink (JSON lines, no AWS needed).
+
+use std::io::Write;
+
+use parking_lot::Mutex;
+
+use super::client::XrayClient;
+use super::encode::{Unprocessed, error_type, parse_put_response, put_trace_segments_body};
+use super::retry::status_is_retryable;
+use crate::batch::Batch;
+use crate::stats::BackendError;
+
+/// What became of one attempt to deliver a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Accepted; the listed segments were not processed.
+    Delivered { unprocessed: Vec<Unprocessed> },
+    /// Failed in a way worth retrying.
+    Retry { class: BackendError, detail: String },
+    /// Refused for good (4xx other than 429).
+    Rejected { class: BackendError, detail: String },
+}
+
+/// A destination for batches. `scratch` is a reusable buffer for the request body.
+pub trait Sink: Send + Sync {
+    /// Tries once to deliver `batch`.
+    fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery;
+}
+
+/// PutTraceSegments to X-Ray.
+pub struct XraySink {
+    pub client: XrayClient,
+}
+
+impl Sink for XraySink {
+    fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery {
+        scratch.clear();
+        put_trace_segments_body(batch.segments.iter().map(|s| s.bytes()), scratch);
+        match self.client.post("/TraceSegments", scratch) {
+            Ok(answer) => judge(answer.status, answer.error_type.as_deref(), &answer.body),
+            Err(e) if e.retryable => Delivery::Retry {
+                class: e.class,
+                detail: e.detail,
+            },
+            Err(e) => Delivery::Rejected {
+                class: e.class,
+                detail: e.detail,
+            },
+        }
+    }
+}
+
+/// Turns an HTTP answer into a [`Delivery`].
+pub fn judge(status: u16, error_header: Option<&str>, body: &[u8]) -> Delivery {
+    if (200..300).contains(&status) {
+        // A 2xx whose body is unreadable still means X-Ray took the batch.
+        let unprocessed = parse_put_response(body).unwrap_or_else(|e| {
+            crate::warn!("PutTraceSegments answered {status} with an unreadable body: {e}");
+            Vec::new()
+        });
+        return Delivery::Delivered { unprocessed };
+    }
+    let class = if status >= 500 {
+        BackendError::Http5xx
+    } else {
+        BackendError::Http4xx
+    };
+    let kind = error_type(error_header, body).unwrap_or_else(|| "unknown error".into());
+    let detail = format!("HTTP {status} {kind}");
+    if status_is_retryable(status) {
+        Delivery::Retry { class, detail }
+    } else {
+        Delivery::Rejected { class, detail }
+    }
+}
+
+/// Writes each segment as one JSON line to a file or stdout, in the same batches.
+pub struct LocalSink {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl LocalSink {
+    /// A sink writing to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        LocalSink {
+            out: Mutex::new(out),
+        }
+    }
+}
+
+impl Sink for LocalSink {
+    fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery {
+        scratch.clear();
+        for s in &batch.segments {
+            // A raw newline can only be JSON whitespace, so replacing it keeps the document valid
+            // and its meaning unchanged while keeping one document per line.
+            scratch.extend(
+                s.bytes()
+                    .iter()
+                    .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+            );
+            scratch.push(b'\n');
+        }
+        let mut out = self.out.lock();
+        match out.write_all(scratch).and_then(|_| out.flush()) {
+            Ok(()) => Delivery::Delivered {
+                unprocessed: Vec::new(),
+            },
+            Err(e) => Delivery::Retry {
+                class: BackendError::Other,
+                detail: format!("local sink: {e}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batcher;
+    use crate::queue::Segment;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn judges_answers() {
+        assert_eq!(
+            judge(200, None, b"{}"),
+            Delivery::Delivered {
+                unprocessed: vec![]
+            }
+        );
+        assert_eq!(
+            judge(200, None, b"garbage"),
+            Delivery::Delivered {
+                unprocessed: vec![]
+            }
+        );
+        match judge(200, None, br#"{"UnprocessedTraceSegments":[{"Id":"a"}]}"#) {
+            Delivery::Delivered { unprocessed } => assert_eq!(unprocessed[0].id, "a"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            judge(429, Some("ThrottledException"), b""),
+            Delivery::Retry {
+                class: BackendError::Http4xx,
+                detail: "HTTP 429 ThrottledException".into()
+            }
+        );
+        assert!(matches!(
+            judge(503, None, b"x"),
+            Delivery::Retry {
+                class: BackendError::Http5xx,
+                ..
+            }
+        ));
+        assert_eq!(
+            judge(400, None, br#"{"__type":"InvalidRequestException"}"#),
+            Delivery::Rejected {
+                class: BackendError::Http4xx,
+                detail: "HTTP 400 InvalidRequestException".into()
+            }
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn local_sink_writes_one_line_per_segment() {
+        let buf = Shared::default();
+        let sink = LocalSink::new(Box::new(buf.clone()));
+        let mut b = Batcher::new(2, Duration::from_secs(1));
+        b.push(Segment::new(br#"{"a":1}"#), Instant::now());
+        let batch = b
+            .push(Segment::new(b"{\n\"b\":\"x\\ny\"\r\n}"), Instant::now())
+            .unwrap();
+        assert_eq!(
+            sink.deliver(&batch, &mut Vec::new()),
+            Delivery::Delivered {
+                unprocessed: vec![]
+            }
+        );
+        assert_eq!(&*buf.0.lock(), b"{\"a\":1}\n{ \"b\":\"x\\ny\"  }\n");
+    }
+}
