@@ -67,11 +67,24 @@ pub fn judge(status: u16, error_header: Option<&str>, body: &[u8]) -> Delivery {
     };
     let kind = error_type(error_header, body).unwrap_or_else(|| "unknown error".into());
     let detail = format!("HTTP {status} {kind}");
-    if status_is_retryable(status) {
+    if status_is_retryable(status) || credentials_may_recover(&kind) {
         Delivery::Retry { class, detail }
     } else {
         Delivery::Rejected { class, detail }
     }
+}
+
+/// Errors that a credentials refresh or a clock correction cures: the batch itself is fine, so it
+/// is kept and retried rather than dropped.
+fn credentials_may_recover(error_type: &str) -> bool {
+    matches!(
+        error_type,
+        "ExpiredToken"
+            | "ExpiredTokenException"
+            | "RequestExpired"
+            | "RequestTimeTooSkewed"
+            | "InvalidClientTokenId"
+    )
 }
 
 /// Writes each segment as one JSON line to a file or stdout, in the same batches.
