@@ -1,0 +1,62 @@
+//! Shared support for xrayd's integration tests: hand-written SHA-256/HMAC, an
+//! independent SigV4 verifier, a fake X-Ray service, helpers to run the real
+//! daemon and to send segments over UDP. Each test binary uses a subset.
+#![allow(dead_code, unused_imports)]
+
+pub mod crypto;
+pub mod daemon;
+pub mod fake_xray;
+pub mod http;
+pub mod sigv4;
+pub mod udp;
+
+pub use crypto::{hex, hmac_sha256, sha256, sha256_hex};
+pub use daemon::{Daemon, parse_final_counts, parse_listening_line};
+pub use fake_xray::{
+    Behaviour, FakeConfig, FakeXray, RandomFaults, RecordedRequest, TEST_ACCESS_KEY, TEST_REGION,
+    TEST_SECRET_KEY, document_id,
+};
+pub use sigv4::{SigCheck, Verifier, WireRequest};
+pub use udp::{Pace, make_segment, segment_id, segment_index, send_raw, send_segments};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Send documents (one datagram each) in chunks, waiting after each chunk until
+/// `fake` has received all but `window` of them, so that the kernel's UDP
+/// receive buffer can never overflow whatever the daemon's speed. Only for
+/// fakes that accept the uploads; the last partial batch is not waited for.
+/// Returns false if the fake stopped making progress for `stall` (the caller's
+/// assertions will then say what is missing).
+pub fn send_with_flow_control<S: AsRef<str>>(
+    addr: SocketAddr,
+    docs: &[S],
+    fake: &FakeXray,
+    window: usize,
+    stall: Duration,
+) -> bool {
+    let sock = udp::sender_for(addr);
+    let mut sent = 0usize;
+    for chunk in docs.chunks(50) {
+        for d in chunk {
+            sock.send_to(&udp::datagram(d.as_ref()), addr)
+                .expect("UDP send");
+        }
+        sent += chunk.len();
+        // Wait until the fake has seen enough documents (in any request).
+        let want = sent.saturating_sub(window);
+        if want > 0 && !fake.wait_for_received_documents(want, stall) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Shorthand for durations in tests.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
