@@ -30,6 +30,9 @@ const WAKE: Token = Token(1);
 /// Datagrams received per `recvmmsg` call.
 pub const RECV_BATCH: usize = 32;
 
+/// `recvmmsg` calls allowed for the final drain at shutdown (at most this × [`RECV_BATCH`]).
+const FINAL_DRAIN_CALLS: usize = 4096;
+
 /// How often a rejection or spillover summary may be logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -151,8 +154,7 @@ impl Worker {
         let mut events = Events::with_capacity(8);
         let mut batch = RecvBatch::new(RECV_BATCH, recvmmsg::DATAGRAM_BUFFER);
         let mut validator = Validator::new();
-        let fd = self.socket.as_raw_fd();
-        while !self.stop.load(Relaxed) {
+        loop {
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -160,17 +162,34 @@ impl Worker {
                 crate::error!("UDP poll failed: {e}");
                 return;
             }
-            // Edge-triggered: drain until the socket would block.
-            while !self.stop.load(Relaxed) {
-                match batch.recv(fd) {
-                    Ok(_) => self.handle(&batch, &mut validator),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        crate::error!("UDP receive failed: {e}");
-                        break;
-                    }
+            if self.stop.load(Relaxed) {
+                // What already sits in the kernel's buffer was sent to us: take it before leaving,
+                // within a bound so a sender that never stops cannot hold up shutdown.
+                self.drain(&mut batch, &mut validator, FINAL_DRAIN_CALLS);
+                return;
+            }
+            self.drain(&mut batch, &mut validator, usize::MAX);
+        }
+    }
+
+    /// Edge-triggered readiness: receive until the socket would block (or `max_calls` calls).
+    fn drain(&self, batch: &mut RecvBatch, validator: &mut Validator, max_calls: usize) {
+        let fd = self.socket.as_raw_fd();
+        let mut calls = 0;
+        while calls < max_calls {
+            calls += 1;
+            match batch.recv(fd) {
+                Ok(_) => self.handle(batch, validator),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    crate::error!("UDP receive failed: {e}");
+                    return;
                 }
+            }
+            if max_calls == usize::MAX && self.stop.load(Relaxed) {
+                // Shutdown began mid-burst: finish with the bounded final drain.
+                return self.drain(batch, validator, FINAL_DRAIN_CALLS);
             }
         }
     }
@@ -226,9 +245,9 @@ impl Worker {
     }
 
     fn spillover_warning(&self) {
-        if let Some(held_back) = self.summaries.spilled.allow(Instant::now()) {
+        if self.summaries.spilled.allow(Instant::now()).is_some() {
             crate::warn!(
-                "Segment buffer full: dropped the oldest segments ({} dropped in total, {held_back} events since the last report). Consider increasing memory limit (-m)",
+                "Segment buffer full: dropping the oldest segments ({} dropped so far). Consider increasing memory limit (-m)",
                 self.stats.spillover.load(Relaxed)
             );
         }
