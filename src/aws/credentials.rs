@@ -1,11 +1,17 @@
-//! Where credentials come from: the provider seam and the environment provider.
+//! Where credentials come from: the provider seam, the environment provider and static providers.
 //!
 //! Uploads ask a [`ProvideCredentials`] for credentials before each signed call. The full AWS chain
-//! (profiles, web identity, container, IMDS, assume-role) plugs in behind the same trait.
+//! (profiles, web identity, container, IMDS, assume-role) plugs in behind the same trait: build it
+//! with [`build_provider`] (see [`super::chain`]); the region steps after the environment are
+//! [`resolve_region_extra`] (see [`super::region`]).
 
 use std::fmt;
 
 pub use aws_credential_types::Credentials;
+
+pub use super::cache::{CacheConfig, CachingProvider};
+pub use super::chain::{ChainOptions, build_provider, build_provider_with};
+pub use super::region::{RegionLookup, lookup_region_extra, resolve_region_extra};
 
 /// Why no credentials are available. Never carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +59,52 @@ impl ProvideCredentials for EnvironmentProvider {
     }
     fn source(&self) -> &str {
         "environment"
+    }
+}
+
+/// Credentials that never change (static profile keys); `source` is a short name.
+#[derive(Debug, Clone)]
+pub struct StaticProvider {
+    creds: Credentials,
+    name: &'static str,
+}
+
+impl StaticProvider {
+    pub fn new(creds: Credentials, name: &'static str) -> Self {
+        StaticProvider { creds, name }
+    }
+}
+
+impl ProvideCredentials for StaticProvider {
+    fn credentials(&self) -> Result<Credentials, CredentialsError> {
+        Ok(self.creds.clone())
+    }
+    fn source(&self) -> &str {
+        self.name
+    }
+}
+
+/// Nothing in the chain is configured: every call fails with the reason (which names every place
+/// looked at). `source` is `none`.
+#[derive(Debug, Clone)]
+pub struct UnavailableCredentials {
+    reason: String,
+}
+
+impl UnavailableCredentials {
+    pub fn new(reason: impl Into<String>) -> Self {
+        UnavailableCredentials {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl ProvideCredentials for UnavailableCredentials {
+    fn credentials(&self) -> Result<Credentials, CredentialsError> {
+        Err(CredentialsError(self.reason.clone()))
+    }
+    fn source(&self) -> &str {
+        "none"
     }
 }
 

@@ -1,0 +1,584 @@
+//! The seed's scenario end to end: a real `xrayd` process whose only AWS configuration is
+//! `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN` and `AWS_REGION` (plus `AWS_ENDPOINT_URL`
+//! pointing at a loopback service) gets temporary credentials from STS
+//! `AssumeRoleWithWebIdentity` and uploads segments signed with them.
+//!
+//! - Against a loopback fake (always runs): the fake STS issues known credentials; the fake X-Ray
+//!   checks every call's key id, `x-amz-security-token` and signature against them; no log line
+//!   contains the secret or the session token.
+//! - Against `moto_server` (needs python3 + boto3 + moto; prints `SKIPPED: why` otherwise, unless
+//!   `XRAYD_REQUIRE_E2E=1`): moto verifies signatures (`INITIAL_NO_AUTH_ACTION_COUNT`), including
+//!   the session token of the assumed role and the role's IAM policy; the segments come back
+//!   through BatchGetTraces.
+//!
+//! Every wait is bounded; child processes are killed on drop.
+
+mod credentials_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use credentials_support::{
+    FakeServer, Request, Response, TempDir, auth_key_id, signature_check, sts_ok, wait_for,
+};
+
+const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
+const LISTENING_PREFIX: &str = "Listening for segments on UDP ";
+const REGION: &str = "us-east-1";
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child whose stdout and stderr lines are collected; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        let readers = [out, err]
+            .into_iter()
+            .map(|stream| {
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines() {
+                        match line {
+                            Ok(l) => lines.lock().unwrap().push(l),
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+            readers,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn log(&self) -> String {
+        format!("--- {} output ---\n{}", self.name, self.lines().join("\n"))
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(l);
+            }
+            if Instant::now() >= deadline || self.exited().is_some() {
+                std::thread::sleep(Duration::from_millis(100));
+                return self.lines().into_iter().find(|l| l.contains(needle));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then a bounded wait; SIGKILL when it does not exit in time.
+    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.exited() {
+            return Some(s);
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a short command with a deadline; (status, stdout, stderr).
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "command did not finish within {timeout:?}; stderr: {}",
+                t_err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        t_out.join().unwrap_or_default(),
+        t_err.join().unwrap_or_default(),
+    )
+}
+
+/// Starts xrayd with exactly `env` (nothing inherited) and waits for its UDP address.
+fn start_xrayd(env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(XRAYD);
+    cmd.args(["-b", "127.0.0.1:0", "-t", "127.0.0.1:0", "-o", "-n", REGION])
+        .env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn("xrayd", &mut cmd);
+    let line = p
+        .wait_for_line(LISTENING_PREFIX, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("xrayd did not start listening\n{}", p.log()));
+    let rest = &line[line.find(LISTENING_PREFIX).unwrap() + LISTENING_PREFIX.len()..];
+    let addr: SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.trim_end_matches([',', '.']).parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    (p, addr)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments
+
+fn hex(n: u128, width: usize) -> String {
+    format!("{n:0width$x}")
+}
+
+fn random_u128() -> u128 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut x =
+        nanos ^ (u128::from(std::process::id()) << 64) ^ 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// (trace id, segment id, document) for `n` segments of one trace each.
+fn segments(n: usize) -> Vec<(String, String, String)> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    (0..n)
+        .map(|i| {
+            let r = random_u128().wrapping_add(i as u128 * 0x1_0000_0001);
+            let trace = format!(
+                "1-{}-{}",
+                hex(u128::from(now.as_secs() as u32), 8),
+                hex(r & ((1u128 << 96) - 1), 24)
+            );
+            let id = hex((r >> 32) as u64 as u128 | 1, 16);
+            let start = now.as_secs_f64();
+            let doc = format!(
+                "{{\"name\":\"xrayd-credentials-e2e\",\"id\":\"{id}\",\"trace_id\":\"{trace}\",\"start_time\":{start:.3},\"end_time\":{:.3},\"annotations\":{{\"n\":{i}}}}}",
+                start + 0.25
+            );
+            (trace, id, doc)
+        })
+        .collect()
+}
+
+fn send(addr: SocketAddr, docs: &[(String, String, String)]) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (_, _, doc) in docs {
+        let dgram = format!("{{\"format\":\"json\",\"version\":1}}\n{doc}");
+        sock.send_to(dgram.as_bytes(), addr).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against a loopback fake STS + X-Ray
+
+const FAKE_KEY: &str = "ASIAE2EFAKE00001";
+const FAKE_SECRET: &str = "e2e-fake-secret-Zm9vYmFy";
+const FAKE_TOKEN: &str = "e2e-fake-session-token-YmF6cXV4";
+const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.e2e-irsa-jwt.c2lnbmF0dXJl";
+
+#[test]
+fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
+    let dir = TempDir::new("e2e-fake");
+    let token_file = dir.file("token", &format!("{JWT}\n"));
+    let problems = Arc::new(Mutex::new(Vec::<String>::new()));
+    let uploaded = Arc::new(Mutex::new(Vec::<String>::new()));
+    let fake = {
+        let problems = problems.clone();
+        let uploaded = uploaded.clone();
+        FakeServer::start(move |r: &Request| {
+            if r.path == "/" {
+                let form = r.form();
+                if form.get("Action").map(String::as_str) == Some("AssumeRoleWithWebIdentity")
+                    && form.get("WebIdentityToken").map(String::as_str) == Some(JWT)
+                    && r.header("authorization").is_none()
+                {
+                    return sts_ok(
+                        "AssumeRoleWithWebIdentity",
+                        FAKE_KEY,
+                        FAKE_SECRET,
+                        FAKE_TOKEN,
+                        3600,
+                    );
+                }
+                problems
+                    .lock()
+                    .unwrap()
+                    .push(format!("bad STS call {form:?}"));
+                return Response::xml(
+                    400,
+                    "<ErrorResponse><Error><Code>Bad</Code></Error></ErrorResponse>",
+                );
+            }
+            // Every X-Ray call must be signed with the STS-issued temporary credentials.
+            let auth = r.header("authorization").unwrap_or("");
+            let check = if auth_key_id(auth).as_deref() != Some(FAKE_KEY) {
+                Err(format!("key id {:?}", auth_key_id(auth)))
+            } else if r.header("x-amz-security-token") != Some(FAKE_TOKEN) {
+                Err("missing or wrong x-amz-security-token".to_string())
+            } else if !auth.contains("/us-east-1/xray/aws4_request") {
+                Err(format!("scope in {auth}"))
+            } else {
+                signature_check(r, FAKE_KEY, FAKE_SECRET, Some(FAKE_TOKEN))
+            };
+            if let Err(why) = check {
+                problems
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}: {why}", r.method, r.path));
+                return Response::json(403, "{\"__type\":\"InvalidSignatureException\"}");
+            }
+            if r.path == "/TraceSegments" {
+                uploaded.lock().unwrap().push(r.text());
+                return Response::json(200, "{\"UnprocessedTraceSegments\":[]}");
+            }
+            Response::json(200, "{}")
+        })
+    };
+    let token_path = token_file.display().to_string();
+    let url = fake.url();
+    let (mut xrayd, addr) = start_xrayd(&[
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_path),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/xray-irsa"),
+        ("AWS_REGION", REGION),
+        ("AWS_ENDPOINT_URL", &url),
+    ]);
+    let docs = segments(3);
+    send(addr, &docs);
+    let all_there = wait_for(Duration::from_secs(30), || {
+        let bodies = uploaded.lock().unwrap().join("\n");
+        docs.iter()
+            .all(|(_, id, _)| bodies.contains(id))
+            .then_some(())
+    });
+    let status = xrayd.terminate(Duration::from_secs(20));
+    let log = xrayd.log();
+    assert!(
+        all_there.is_some(),
+        "segments not uploaded\n{log}\nproblems: {problems:?}"
+    );
+    assert!(problems.lock().unwrap().is_empty(), "{problems:?}\n{log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{log}"
+    );
+    assert_eq!(
+        fake.count(|r| r.path == "/"),
+        1,
+        "one STS call (credentials are cached)"
+    );
+    // The start-up line names the source; the key id shows at most 4 characters.
+    assert!(
+        log.contains("web identity token file") && log.contains("xray-irsa"),
+        "{log}"
+    );
+    assert!(log.contains("key id ASIA****"), "{log}");
+    for secret in [FAKE_SECRET, FAKE_TOKEN, JWT, "e2e-irsa-jwt", FAKE_KEY] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} leaked into the log:\n{log}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against moto
+
+fn missing_prerequisite() -> Option<String> {
+    let probe = "import importlib.util, sys\n\
+                 missing = [m for m in ('boto3', 'moto') if importlib.util.find_spec(m) is None]\n\
+                 print(' '.join(missing))\n\
+                 sys.exit(1 if missing else 0)";
+    match Command::new("python3").args(["-c", probe]).output() {
+        Err(e) => return Some(format!("python3 cannot be run: {e}")),
+        Ok(out) if !out.status.success() => {
+            return Some(format!(
+                "python3 lacks module(s): {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+        Ok(_) => {}
+    }
+    match Command::new("moto_server")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Err(e) => Some(format!("moto_server cannot be run: {e}")),
+        Ok(s) if !s.success() => Some(format!("`moto_server --help` failed: {s}")),
+        Ok(_) => None,
+    }
+}
+
+fn e2e_enabled(test: &str) -> bool {
+    let Some(reason) = missing_prerequisite() else {
+        return true;
+    };
+    if std::env::var("XRAYD_REQUIRE_E2E").as_deref() == Ok("1") {
+        panic!("{test}: XRAYD_REQUIRE_E2E=1 but {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+    false
+}
+
+/// Python and moto see only what we set: no ambient AWS settings or proxies.
+fn hermetic(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        let upper = k.to_ascii_uppercase();
+        if upper.starts_with("AWS_") || upper.ends_with("_PROXY") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("AWS_CONFIG_FILE", "/nonexistent/xrayd-creds-e2e/config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/xrayd-creds-e2e/credentials",
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+}
+
+/// IAM calls moto lets through unauthenticated: CreateRole, PutRolePolicy, CreateUser,
+/// PutUserPolicy, CreateAccessKey (setup) + xrayd's unsigned AssumeRoleWithWebIdentity.
+const MOTO_NO_AUTH_ACTIONS: u32 = 6;
+
+const SETUP_PY: &str = r#"
+import json, sys, boto3
+from botocore.config import Config
+url = sys.argv[1]
+kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="AKIASETUPXRAYD0000",
+          aws_secret_access_key="setup-secret", config=Config(retries={"max_attempts": 1}))
+iam = boto3.client("iam", **kw)
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+         "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/XRAYD"},
+         "Action": "sts:AssumeRoleWithWebIdentity"}]}
+policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "xray:*", "Resource": "*"}]}
+role = iam.create_role(RoleName="xrayd-irsa", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+iam.put_role_policy(RoleName="xrayd-irsa", PolicyName="xray", PolicyDocument=json.dumps(policy))
+iam.create_user(UserName="xrayd-reader")
+iam.put_user_policy(UserName="xrayd-reader", PolicyName="xray", PolicyDocument=json.dumps(policy))
+key = iam.create_access_key(UserName="xrayd-reader")["AccessKey"]
+print(json.dumps({"RoleArn": role, "AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}))
+"#;
+
+const GET_TRACES_PY: &str = r#"
+import json, sys, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+url, key, secret = sys.argv[1:4]
+ids = sys.argv[4:]
+def client(s):
+    return boto3.client("xray", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key,
+                        aws_secret_access_key=s, config=Config(retries={"max_attempts": 1}))
+docs = []
+for t in client(secret).batch_get_traces(TraceIds=ids).get("Traces", []):
+    docs += [s["Document"] for s in t.get("Segments", [])]
+refused = False
+try:
+    client(secret + "x").batch_get_traces(TraceIds=ids)
+except ClientError as e:
+    refused = e.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+print(json.dumps({"documents": docs, "wrong_secret_refused": refused}))
+"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+fn start_moto(cwd: &std::path::Path) -> (Proc, u16) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(cwd);
+        hermetic(&mut cmd);
+        cmd.env(
+            "INITIAL_NO_AUTH_ACTION_COUNT",
+            MOTO_NO_AUTH_ACTIONS.to_string(),
+        );
+        let mut p = Proc::spawn("moto_server", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && p.exited().is_none() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return (p, port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        last = p.log();
+    }
+    panic!("moto_server did not start\n{last}");
+}
+
+fn python(script: &str, args: &[&str], cwd: &std::path::Path) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args).current_dir(cwd);
+    hermetic(&mut cmd);
+    let (status, out, err) = run_bounded(&mut cmd, Duration::from_secs(60));
+    assert!(status.success(), "python failed ({status}):\n{out}\n{err}");
+    out
+}
+
+#[test]
+fn irsa_web_identity_credentials_sign_uploads_to_moto() {
+    if !e2e_enabled("irsa_web_identity_credentials_sign_uploads_to_moto") {
+        return;
+    }
+    let dir = TempDir::new("e2e-moto");
+    let (moto, port) = start_moto(&dir.0);
+    let url = format!("http://127.0.0.1:{port}");
+    let setup: serde_json::Value =
+        serde_json::from_str(python(SETUP_PY, &[&url], &dir.0).trim()).expect("setup JSON");
+    let role_arn = setup["RoleArn"].as_str().unwrap().to_string();
+    let reader_key = setup["AccessKeyId"].as_str().unwrap().to_string();
+    let reader_secret = setup["SecretAccessKey"].as_str().unwrap().to_string();
+
+    let token_file = dir.file("token", &format!("{JWT}\n"));
+    let token_path = token_file.display().to_string();
+    let (mut xrayd, addr) = start_xrayd(&[
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_path),
+        ("AWS_ROLE_ARN", &role_arn),
+        ("AWS_REGION", REGION),
+        ("AWS_ENDPOINT_URL", &url),
+    ]);
+    let docs = segments(4);
+    send(addr, &docs);
+    let trace_ids: Vec<&str> = docs.iter().map(|(t, _, _)| t.as_str()).collect();
+    let mut last = serde_json::Value::Null;
+    let found = wait_for(Duration::from_secs(60), || {
+        let mut args = vec![url.as_str(), reader_key.as_str(), reader_secret.as_str()];
+        args.extend(trace_ids.iter().copied());
+        let out: serde_json::Value =
+            serde_json::from_str(python(GET_TRACES_PY, &args, &dir.0).trim()).ok()?;
+        last = out.clone();
+        let got = out["documents"].as_array()?.len();
+        (got >= docs.len()).then_some(out)
+    });
+    let status = xrayd.terminate(Duration::from_secs(20));
+    let log = xrayd.log();
+    let out = found.unwrap_or_else(|| {
+        panic!(
+            "segments did not come back from moto; last answer {last}\n{log}\n{}",
+            moto.log()
+        )
+    });
+    // moto checked signatures: a wrong secret is refused, so the accepted uploads were signed
+    // with the assumed role's secret and carried its session token (moto rejects assumed-role
+    // keys without the matching X-Amz-Security-Token).
+    assert_eq!(
+        out["wrong_secret_refused"],
+        serde_json::Value::Bool(true),
+        "{out}"
+    );
+    let returned: Vec<&str> = out["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    for (_, _, doc) in &docs {
+        assert!(
+            returned.contains(&doc.as_str()),
+            "{doc} missing from {returned:?}"
+        );
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("Got AWS credentials from web identity token file"),
+        "{log}"
+    );
+    assert!(
+        log.contains("key id ASIA****") || log.contains("key id AKIA****"),
+        "{log}"
+    );
+    assert!(!log.contains(JWT) && !log.contains(&reader_secret), "{log}");
+}
