@@ -1,13 +1,23 @@
-//! The daemon's log: the AWS daemon's line format and levels, and rate-limited summaries.
+//! The daemon's log: the AWS daemon's line format and levels, JSON lines, a rotating log file, and
+//! rate-limited summaries.
 //!
-//! Lines look like `2026-11-26T10:20:32Z [Info] message`. Callers use the [`info!`](crate::info)
-//! family of macros; a disabled level costs one atomic load.
+//! Lines look like `2026-11-26T10:20:32Z [Info] message` (or, with `--log-format json`,
+//! `{"time":"...","level":"info","message":"...","fields":{...}}`). Callers use the
+//! [`info!`](crate::info) family of macros; a disabled level costs one atomic load.
+//!
+//! Once [`init`] ran, lines are handed to a writer thread through a bounded queue: a caller never
+//! waits for the disk or a pipe. When the queue is full (the output cannot keep up) lines are
+//! dropped and counted, and the writer reports how many. Write errors are counted, never raised.
+//! [`flush`] waits (bounded) for queued lines to be written, for the end of the process.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
 /// Log levels, most verbose first.
@@ -36,6 +46,18 @@ impl Level {
         })
     }
 
+    /// The `-l` value that selects this level.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Trace => "dev",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Silent => "silent",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Level::Trace => "Trace",
@@ -46,21 +68,140 @@ impl Level {
             Level::Silent => "",
         }
     }
+
+    fn json_label(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Silent => "",
+        }
+    }
+}
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `<RFC 3339 time> [Level] message key=value...`, as the AWS daemon writes.
+    Text = 0,
+    /// One JSON object per line: `time`, `level`, `message`, and `fields` when there are any.
+    Json = 1,
+}
+
+impl Format {
+    /// Parses a `--log-format` value.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Where lines go.
+pub enum Output {
+    Stdout,
+    Stderr,
+    /// A file, appended to; rotated when it would grow past `rotate_at` bytes (the old file becomes
+    /// `<path>.1`, replacing an older one).
+    File {
+        path: String,
+        rotate_at: Option<u64>,
+    },
+    /// Any writer (tests).
+    Writer(Box<dyn Write + Send>),
+}
+
+/// A field value attached to a line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+    S(&'a str),
+}
+
+macro_rules! value_from {
+    ($($t:ty => $v:ident as $c:ty),*) => {$(
+        impl From<$t> for Value<'_> {
+            fn from(v: $t) -> Self {
+                Value::$v(v as $c)
+            }
+        }
+    )*};
+}
+value_from!(u64 => U as u64, u32 => U as u64, usize => U as u64, i64 => I as i64, i32 => I as i64, f64 => F as f64);
+
+impl From<bool> for Value<'_> {
+    fn from(v: bool) -> Self {
+        Value::B(v)
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::S(v)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(v: &'a String) -> Self {
+        Value::S(v)
+    }
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-static OUT: OnceLock<Mutex<Box<dyn Write + Send>>> = OnceLock::new();
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
+static SINK: OnceLock<Sink> = OnceLock::new();
 static TZ: OnceLock<jiff::tz::TimeZone> = OnceLock::new();
+/// Lines dropped because the queue was full, not yet reported.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines that could not be written (I/O errors), since start.
+static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
-/// Sets the level and the destination (stdout when never called).
-pub fn init(level: Level, out: Box<dyn Write + Send>) {
-    LEVEL.store(level as u8, Relaxed);
-    let _ = OUT.set(Mutex::new(out));
+/// Lines the queue holds before new ones are dropped.
+const QUEUE_LINES: usize = 16 * 1024;
+
+enum Msg {
+    Line(String),
+    Flush(Sender<()>),
+}
+
+enum Sink {
+    /// Before [`init`] (unit tests, early start-up): written by the caller.
+    Direct(Mutex<Box<dyn Write + Send>>),
+    /// After [`init`]: queued for the writer thread.
+    Queue(Sender<Msg>),
+}
+
+/// Sets the level and format, opens the output and starts the writer thread. Fails only when a
+/// log file cannot be opened. Only the first call has effect on the output.
+pub fn init(level: Level, format: Format, output: Output) -> io::Result<()> {
+    set_level(level);
+    set_format(format);
+    let mut dest = Destination::open(output)?;
+    let (tx, rx) = crossbeam_channel::bounded(QUEUE_LINES);
+    if SINK.set(Sink::Queue(tx)).is_err() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("xrayd-log".into())
+        .spawn(move || dest.run(rx))?;
+    Ok(())
 }
 
 /// Changes the level.
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Relaxed);
+}
+
+/// Changes the format.
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Relaxed);
 }
 
 /// Would a line at `level` be written?
@@ -71,42 +212,392 @@ pub fn enabled(level: Level) -> bool {
 
 /// Writes one line (use the macros).
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+    write_fields(level, &[], args)
+}
+
+/// Writes one line with fields (use the macros' `fields: [...]` form).
+pub fn write_fields(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!("{} [{}] {}\n", timestamp(), level.label(), args);
-    let out = OUT.get_or_init(|| Mutex::new(Box::new(std::io::stdout())));
-    let mut w = out.lock();
-    let _ = w.write_all(line.as_bytes());
-    let _ = w.flush();
+    let line = if FORMAT.load(Relaxed) == Format::Json as u8 {
+        json_line(level, fields, args)
+    } else {
+        text_line(level, fields, args)
+    };
+    emit(line);
 }
 
-/// Local time, RFC 3339 to the second (`Z` for UTC), as the AWS daemon prints it.
-pub fn timestamp() -> String {
+fn emit(line: String) {
+    match SINK.get_or_init(|| Sink::Direct(Mutex::new(Box::new(io::stdout())))) {
+        Sink::Queue(tx) => match tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                DROPPED.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                WRITE_ERRORS.fetch_add(1, Relaxed);
+            }
+        },
+        Sink::Direct(out) => {
+            let mut w = out.lock();
+            if w.write_all(line.as_bytes())
+                .and_then(|_| w.flush())
+                .is_err()
+            {
+                WRITE_ERRORS.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Waits until every line queued so far is written, at most `timeout`. Call before exiting.
+pub fn flush(timeout: Duration) {
+    if let Some(Sink::Queue(tx)) = SINK.get() {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + timeout;
+        // The queue may be full: keep trying until the deadline.
+        let mut msg = Msg::Flush(done_tx);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = done_rx.recv_deadline(deadline);
+    }
+}
+
+/// Lines that could not be written since start (I/O errors).
+pub fn write_errors() -> u64 {
+    WRITE_ERRORS.load(Relaxed)
+}
+
+fn text_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
+    let mut line = format!("{} [{}] {}", timestamp(), level.label(), args);
+    for (k, v) in fields {
+        let _ = match v {
+            Value::U(n) => write!(line, " {k}={n}"),
+            Value::I(n) => write!(line, " {k}={n}"),
+            Value::F(n) => write!(line, " {k}={n}"),
+            Value::B(b) => write!(line, " {k}={b}"),
+            Value::S(s) if s.is_empty() || s.contains([' ', '"', '=']) => {
+                write!(line, " {k}={}", json_string(s))
+            }
+            Value::S(s) => write!(line, " {k}={s}"),
+        };
+    }
+    line.push('\n');
+    line
+}
+
+fn json_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
+    let message = match args.as_str() {
+        Some(s) => json_string(s),
+        None => json_string(&args.to_string()),
+    };
+    let mut line = format!(
+        "{{\"time\":{},\"level\":\"{}\",\"message\":{}",
+        json_string(&timestamp_millis()),
+        level.json_label(),
+        message
+    );
+    if !fields.is_empty() {
+        line.push_str(",\"fields\":{");
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(&json_string(k));
+            line.push(':');
+            let _ = match v {
+                Value::U(n) => write!(line, "{n}"),
+                Value::I(n) => write!(line, "{n}"),
+                Value::F(n) if n.is_finite() => write!(line, "{n}"),
+                Value::F(_) => write!(line, "null"),
+                Value::B(b) => write!(line, "{b}"),
+                Value::S(s) => write!(line, "{}", json_string(s)),
+            };
+        }
+        line.push('}');
+    }
+    line.push_str("}\n");
+    line
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn now_local() -> jiff::Zoned {
     let tz = TZ.get_or_init(jiff::tz::TimeZone::system);
-    let now = jiff::Timestamp::now().to_zoned(tz.clone());
-    let s = now.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    jiff::Timestamp::now().to_zoned(tz.clone())
+}
+
+fn utc_as_z(s: String) -> String {
     match s.strip_suffix("+00:00") {
         Some(base) => format!("{base}Z"),
         None => s,
     }
 }
 
-/// Logs at Error.
+/// Local time, RFC 3339 to the second (`Z` for UTC), as the AWS daemon prints it.
+pub fn timestamp() -> String {
+    utc_as_z(now_local().strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+}
+
+/// Local time, RFC 3339 with milliseconds (JSON lines).
+pub fn timestamp_millis() -> String {
+    utc_as_z(now_local().strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string())
+}
+
+/// The writer thread's side: the output, and the log file's rotation state.
+struct Destination {
+    out: Target,
+    /// Last time an I/O problem was reported on stderr.
+    last_complaint: Option<Instant>,
+}
+
+enum Target {
+    Stream(Box<dyn Write + Send>),
+    File(LogFile),
+}
+
+struct LogFile {
+    path: String,
+    file: Option<io::BufWriter<File>>,
+    size: u64,
+    rotate_at: Option<u64>,
+    /// After a failed rotation or open, the next attempt waits until then.
+    retry_at: Option<Instant>,
+}
+
+fn open_append(path: &str) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Destination {
+    fn open(output: Output) -> io::Result<Destination> {
+        let out = match output {
+            Output::Stdout => Target::Stream(Box::new(io::stdout())),
+            Output::Stderr => Target::Stream(Box::new(io::stderr())),
+            Output::Writer(w) => Target::Stream(w),
+            Output::File { path, rotate_at } => {
+                let file = open_append(&path)?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Target::File(LogFile {
+                    path,
+                    file: Some(io::BufWriter::with_capacity(64 * 1024, file)),
+                    size,
+                    rotate_at,
+                    retry_at: None,
+                })
+            }
+        };
+        Ok(Destination {
+            out,
+            last_complaint: None,
+        })
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut acks = Vec::new();
+            let mut next = Some(first);
+            // Write everything already queued, then flush once.
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(line) => self.write_line(&line),
+                    Msg::Flush(ack) => acks.push(ack),
+                }
+                next = rx.try_recv().ok();
+            }
+            let dropped = DROPPED.swap(0, Relaxed);
+            if dropped > 0 {
+                let line = if FORMAT.load(Relaxed) == Format::Json as u8 {
+                    json_line(
+                        Level::Warn,
+                        &[("dropped_lines", Value::U(dropped))],
+                        format_args!("Log output could not keep up: log lines were dropped"),
+                    )
+                } else {
+                    text_line(
+                        Level::Warn,
+                        &[],
+                        format_args!(
+                            "Log output could not keep up: {dropped} log lines were dropped"
+                        ),
+                    )
+                };
+                self.write_line(&line);
+            }
+            self.flush();
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        self.flush();
+    }
+
+    fn write_line(&mut self, line: &str) {
+        let result = match &mut self.out {
+            Target::Stream(w) => w.write_all(line.as_bytes()),
+            Target::File(f) => f.write_line(line.as_bytes()),
+        };
+        if let Err(e) = result {
+            self.complain(&e);
+        }
+    }
+
+    fn flush(&mut self) {
+        let result = match &mut self.out {
+            Target::Stream(w) => w.flush(),
+            Target::File(f) => f.file.as_mut().map_or(Ok(()), |w| w.flush()),
+        };
+        if let Err(e) = result {
+            self.complain(&e);
+        }
+    }
+
+    /// Counts a failed write and says so on stderr at most once a minute.
+    fn complain(&mut self, e: &io::Error) {
+        WRITE_ERRORS.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        if self
+            .last_complaint
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            self.last_complaint = Some(now);
+            let _ = writeln!(
+                io::stderr(),
+                "{} [Error] Cannot write the log: {e} ({} lines lost so far)",
+                timestamp(),
+                WRITE_ERRORS.load(Relaxed)
+            );
+        }
+    }
+}
+
+impl LogFile {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let len = line.len() as u64;
+        if let Some(limit) = self.rotate_at
+            && self.size > 0
+            && self.size + len > limit
+            && self.may_try()
+        {
+            self.rotate()?;
+        }
+        if self.file.is_none() && self.may_try() {
+            self.reopen()?;
+        }
+        match &mut self.file {
+            Some(w) => {
+                w.write_all(line)?;
+                self.size += len;
+                Ok(())
+            }
+            None => Err(io::Error::other(format!(
+                "log file {} is not open",
+                self.path
+            ))),
+        }
+    }
+
+    fn may_try(&self) -> bool {
+        self.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Renames the file to `<path>.1` (replacing an older one) and starts a new one.
+    fn rotate(&mut self) -> io::Result<()> {
+        if let Some(mut w) = self.file.take() {
+            w.flush()?;
+        }
+        let rolled = format!("{}.1", self.path);
+        if let Err(e) = std::fs::rename(&self.path, &rolled) {
+            // Keep writing to the current file; try again in a while.
+            self.retry_at = Some(Instant::now() + Duration::from_secs(10));
+            self.file = open_append(&self.path)
+                .ok()
+                .map(|f| io::BufWriter::with_capacity(64 * 1024, f));
+            return Err(io::Error::other(format!(
+                "cannot rotate {} to {rolled}: {e}",
+                self.path
+            )));
+        }
+        self.reopen()
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        match open_append(&self.path) {
+            Ok(f) => {
+                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(io::BufWriter::with_capacity(64 * 1024, f));
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                Err(io::Error::other(format!(
+                    "cannot open log file {}: {e}",
+                    self.path
+                )))
+            }
+        }
+    }
+}
+
+/// Logs at Error. `error!(fields: [("k", v), ...], "message {}", x)` attaches fields.
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
+macro_rules! error {
+    (fields: [$(($k:expr, $v:expr)),* $(,)?], $($t:tt)*) => { $crate::log::write_fields($crate::log::Level::Error, &[$(($k, $crate::log::Value::from($v))),*], format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) };
+}
 /// Logs at Warn.
 #[macro_export]
-macro_rules! warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
+macro_rules! warn {
+    (fields: [$(($k:expr, $v:expr)),* $(,)?], $($t:tt)*) => { $crate::log::write_fields($crate::log::Level::Warn, &[$(($k, $crate::log::Value::from($v))),*], format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) };
+}
 /// Logs at Info.
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
+macro_rules! info {
+    (fields: [$(($k:expr, $v:expr)),* $(,)?], $($t:tt)*) => { $crate::log::write_fields($crate::log::Level::Info, &[$(($k, $crate::log::Value::from($v))),*], format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) };
+}
 /// Logs at Debug.
 #[macro_export]
-macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
+macro_rules! debug {
+    (fields: [$(($k:expr, $v:expr)),* $(,)?], $($t:tt)*) => { $crate::log::write_fields($crate::log::Level::Debug, &[$(($k, $crate::log::Value::from($v))),*], format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) };
+}
 /// Logs at Trace.
 #[macro_export]
-macro_rules! trace { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Trace, format_args!($($t)*)) } }
+macro_rules! trace {
+    (fields: [$(($k:expr, $v:expr)),* $(,)?], $($t:tt)*) => { $crate::log::write_fields($crate::log::Level::Trace, &[$(($k, $crate::log::Value::from($v))),*], format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Trace, format_args!($($t)*)) };
+}
 
 /// Lets one message through per interval and counts the ones it held back, so a flood of
 /// per-datagram problems becomes one summary line.
@@ -169,6 +660,133 @@ mod tests {
         assert_eq!(&t[4..5], "-");
         assert_eq!(&t[10..11], "T");
         assert!(t.ends_with('Z') || t.len() == 25, "{t}");
+    }
+
+    #[test]
+    fn json_lines_are_json_with_fields() {
+        let line = json_line(
+            Level::Warn,
+            &[
+                ("n", Value::from(3u64)),
+                ("who", Value::from("a \"b\"\n")),
+                ("ok", Value::from(true)),
+                ("neg", Value::from(-2i64)),
+            ],
+            format_args!("tab\there {}", "é\u{1}"),
+        );
+        assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["message"], "tab\there é\u{1}");
+        assert_eq!(v["fields"]["n"], 3);
+        assert_eq!(v["fields"]["who"], "a \"b\"\n");
+        assert_eq!(v["fields"]["ok"], true);
+        assert_eq!(v["fields"]["neg"], -2);
+        let t = v["time"].as_str().unwrap();
+        assert_eq!(&t[19..20], ".", "{t}");
+        let plain: serde_json::Value =
+            serde_json::from_str(&json_line(Level::Info, &[], format_args!("x"))).unwrap();
+        assert!(plain.get("fields").is_none());
+    }
+
+    #[test]
+    fn text_lines_follow_the_aws_daemon_format() {
+        let line = text_line(
+            Level::Info,
+            &[("segments", Value::U(3)), ("host", Value::S("a b"))],
+            format_args!("Sent {}", 1),
+        );
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert_eq!(&time[10..11], "T");
+        assert_eq!(rest, "[Info] Sent 1 segments=3 host=\"a b\"\n");
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("xrayd-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_log_file_rotates_keeping_one_rolled_file() {
+        let dir = temp_dir("rotate");
+        let path = dir.join("x.log").to_string_lossy().into_owned();
+        let mut d = Destination::open(Output::File {
+            path: path.clone(),
+            rotate_at: Some(100),
+        })
+        .unwrap();
+        for i in 0..25 {
+            d.write_line(&format!("line {i:02} .........................\n"));
+        }
+        d.flush();
+        let cur = std::fs::read_to_string(&path).unwrap();
+        let rolled = std::fs::read_to_string(format!("{path}.1")).unwrap();
+        assert!(
+            cur.len() <= 100 && rolled.len() <= 100,
+            "{cur:?} {rolled:?}"
+        );
+        assert!(
+            cur.ends_with("line 24 .........................\n"),
+            "{cur}"
+        );
+        assert_eq!(
+            rolled,
+            "line 22 .........................\nline 23 .........................\n"
+        );
+        assert!(!dir.join("x.log.2").exists());
+        // Without rotation the file just grows.
+        let path2 = dir.join("y.log").to_string_lossy().into_owned();
+        let mut d = Destination::open(Output::File {
+            path: path2.clone(),
+            rotate_at: None,
+        })
+        .unwrap();
+        for _ in 0..25 {
+            d.write_line("0123456789\n");
+        }
+        d.flush();
+        assert_eq!(std::fs::metadata(&path2).unwrap().len(), 275);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotated_away_directory_does_not_stop_the_writer() {
+        let dir = temp_dir("gone");
+        let path = dir.join("x.log").to_string_lossy().into_owned();
+        let mut d = Destination::open(Output::File {
+            path: path.clone(),
+            rotate_at: Some(10),
+        })
+        .unwrap();
+        d.write_line("first line\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let before = write_errors();
+        for _ in 0..5 {
+            d.write_line("more lines\n");
+        }
+        d.flush();
+        assert!(write_errors() > before, "failures are counted, not raised");
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"))
+        }
+    }
+
+    #[test]
+    fn write_errors_are_counted_not_raised() {
+        let mut d = Destination::open(Output::Writer(Box::new(Broken))).unwrap();
+        let before = write_errors();
+        d.write_line("x\n");
+        d.flush();
+        assert!(write_errors() >= before + 2);
     }
 
     #[test]

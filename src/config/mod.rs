@@ -1,18 +1,34 @@
-//! Settings: flags (and, later, the YAML file) resolved against the environment and host facts.
+//! Settings: flags and the YAML config file resolved against the environment and host facts.
 //!
-//! [`resolve`] is pure: it takes the parsed flags, an environment lookup and the host's memory, and
-//! returns [`Settings`] or an error naming the flag and what to do.
+//! [`resolve_with`] is pure: it takes the parsed flags, the parsed config files, an environment
+//! lookup and the host's memory, and returns [`Settings`] or an error naming the flag (or the file
+//! and key) and what to do. Precedence: flag > `-c` file > discovered file > environment > default.
 
+pub mod file;
 pub mod flags;
+
+pub use file::FileConfig;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{Format as LogFormat, Level};
 
 /// Smallest budget accepted (the AWS daemon's minimum).
 pub const MIN_BUFFER_MB: u64 = 3;
+
+/// Size at which the log file is rotated (the AWS daemon's 50 MB).
+pub const LOG_ROTATE_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Interval between telemetry records (the AWS daemon's 60 s).
+pub const TELEMETRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Hidden test knob: rotate the log file at this many bytes instead of 50 MB.
+pub const ENV_LOG_ROTATE_BYTES: &str = "XRAYD_LOG_ROTATE_BYTES";
+
+/// Hidden test knob: telemetry interval in milliseconds instead of 60 s.
+pub const ENV_TELEMETRY_INTERVAL_MS: &str = "XRAYD_TELEMETRY_INTERVAL_MS";
 
 /// Everything the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,15 +52,39 @@ pub struct Settings {
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     pub log_level: Level,
+    /// `--log-format`: text lines (the AWS daemon's) or JSON lines.
+    pub log_format: LogFormat,
     pub log_file: Option<String>,
+    /// `Logging.LogRotation`: rotate the log file, keeping one rolled file `<file>.1`.
+    pub log_rotation: bool,
+    /// Size at which the log file is rotated (50 MB; test knob `XRAYD_LOG_ROTATE_BYTES`).
+    pub log_rotate_bytes: u64,
     pub proxy: Option<String>,
+    /// `NoVerifySSL`: do not verify X-Ray's TLS certificate.
+    pub no_verify_ssl: bool,
+    /// Forward every X-Ray path through the TCP port (`--proxy-allow-all`).
+    pub proxy_allow_all: bool,
+    /// `/readyz` fails after uploads have failed this long.
+    pub ready_failure_threshold: Duration,
     pub role_arn: Option<String>,
     pub resource_arn: Option<String>,
+    /// The `-c` file, if given.
     pub config_file: Option<String>,
+    /// Every config file read, highest precedence first.
+    pub config_files: Vec<String>,
+    /// Problems found in discovered config files (unknown keys), to log at start-up.
+    pub config_warnings: Vec<String>,
+    /// Interval between telemetry records (60 s; test knob `XRAYD_TELEMETRY_INTERVAL_MS`).
+    pub telemetry_interval: Duration,
 }
 
+/// Looks for a region beyond flags, files and `AWS_REGION`/`AWS_DEFAULT_REGION` (profile, ECS
+/// metadata file, IMDS); the `bool` is local mode. See [`crate::aws::region`].
+pub type RegionFinder =
+    fn(&dyn Fn(&str) -> Option<String>, bool) -> crate::aws::region::RegionLookup;
+
 /// Facts about the host the defaults depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Host {
     /// Physical memory in bytes.
     pub memory_bytes: u64,
@@ -52,6 +92,9 @@ pub struct Host {
     pub cgroup_limit_bytes: Option<u64>,
     /// Available cores.
     pub cores: usize,
+    /// The last region steps, which read files and metadata services: only consulted when
+    /// nothing else named a region. `None` in tests of the pure resolution.
+    pub find_region: Option<RegionFinder>,
 }
 
 impl Host {
@@ -85,6 +128,7 @@ impl Host {
             memory_bytes,
             cgroup_limit_bytes,
             cores,
+            find_region: Some(crate::aws::region::lookup_region_extra),
         }
     }
 
@@ -148,46 +192,113 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
 }
 
-/// Resolves settings from parsed flags, the environment and host facts.
+/// Resolves settings from parsed flags, the environment and host facts (no config file).
 pub fn resolve(
     f: &flags::Parsed,
     env: &dyn Fn(&str) -> Option<String>,
     host: &Host,
 ) -> Result<Settings, ConfigError> {
-    let get = |k: &str| non_empty(f.get(k).map(str::to_string));
+    resolve_with(f, &[], env, host)
+}
+
+/// The layers a setting can come from: the command line, then the config files in order.
+struct Layers<'a> {
+    flags: &'a flags::Parsed,
+    files: &'a [FileConfig],
+}
+
+impl Layers<'_> {
+    /// The value for a flag (by long name) and where it came from, e.g. `-n/--region` or
+    /// `Region in /etc/amazon/xray/cfg.yaml`. Empty values count as not given.
+    fn get(&self, long: &str) -> Option<(String, String)> {
+        if let Some(v) = non_empty(self.flags.get(long).map(str::to_string)) {
+            return Some((v, flag_label(long)));
+        }
+        self.files.iter().find_map(|f| {
+            f.get(long)
+                .map(|(key, v)| (v.to_string(), format!("{key} in {}", f.path)))
+        })
+    }
+
+    fn value(&self, long: &str) -> Option<String> {
+        self.get(long).map(|(v, _)| v)
+    }
+
+    /// A boolean: the flag (`-o`, `-o=false`), else the files, else `default`.
+    fn boolean(&self, long: &str, default: bool) -> bool {
+        self.value(long).map_or(default, |v| v == "true")
+    }
+}
+
+/// How a flag is named in messages: `-n/--region`, or `--endpoint` for long-only flags.
+pub fn flag_label(long: &str) -> String {
+    match flags::FLAGS.iter().find(|f| f.long == long) {
+        Some(flags::Flag {
+            short: Some(short), ..
+        }) => format!("-{short}/--{long}"),
+        _ => format!("--{long}"),
+    }
+}
+
+/// Resolves settings from parsed flags, config files (highest precedence first: the `-c` file,
+/// then the discovered one), the environment and host facts.
+pub fn resolve_with(
+    f: &flags::Parsed,
+    files: &[FileConfig],
+    env: &dyn Fn(&str) -> Option<String>,
+    host: &Host,
+) -> Result<Settings, ConfigError> {
+    let layers = Layers { flags: f, files };
+    let get = |k: &str| layers.value(k);
     let number = |k: &str, min: u64| -> Result<Option<u64>, ConfigError> {
-        match get(k) {
+        match layers.get(k) {
             None => Ok(None),
-            Some(v) => match v.trim().parse::<u64>() {
+            Some((v, from)) => match v.trim().parse::<u64>() {
                 Ok(n) if n >= min => Ok(Some(n)),
                 _ => err(format!(
-                    "--{k}: {v:?} is not a whole number of at least {min}"
+                    "{from}: {v:?} is not a whole number of at least {min}"
                 )),
             },
         }
     };
     let duration = |k: &str, default: Duration| -> Result<Duration, ConfigError> {
-        match get(k) {
+        match layers.get(k) {
             None => Ok(default),
-            Some(v) => parse_duration(&v).ok_or_else(|| {
+            Some((v, from)) => parse_duration(&v).ok_or_else(|| {
                 ConfigError(format!(
-                    "--{k}: {v:?} is not a duration; use e.g. 10s or 500ms"
+                    "{from}: {v:?} is not a duration; use e.g. 10s or 500ms"
                 ))
             }),
+        }
+    };
+    let hidden_number = |var: &str, min: u64| -> Result<Option<u64>, ConfigError> {
+        match non_empty(env(var)) {
+            None => Ok(None),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                _ => err(format!(
+                    "{var}: {v:?} is not a whole number of at least {min}"
+                )),
+            },
         }
     };
 
     let budget_bytes = match number("buffer-memory", 0)? {
         None | Some(0) => host.default_budget(),
         Some(mb) if mb < MIN_BUFFER_MB => {
+            let from = layers
+                .get("buffer-memory")
+                .map(|(_, f)| f)
+                .unwrap_or_default();
             return err(format!(
-                "-m/--buffer-memory: {mb} MB is too small; use at least {MIN_BUFFER_MB} MB"
+                "{from}: {mb} MB is too small; use at least {MIN_BUFFER_MB} MB"
             ));
         }
         Some(mb) => mb.saturating_mul(1024 * 1024),
     };
-    let (region, region_source) = match get("region") {
-        Some(r) => (Some(r), "-n/--region"),
+    let (region, region_source) = match layers.get("region") {
+        Some((r, from)) if from.starts_with('-') => (Some(r), "-n/--region"),
+        Some((r, _)) => (Some(r), "Region in the config file"),
         None => match non_empty(env("AWS_REGION")) {
             Some(r) => (Some(r), "AWS_REGION"),
             None => match non_empty(env("AWS_DEFAULT_REGION")) {
@@ -197,15 +308,54 @@ pub fn resolve(
         },
     };
     let local_sink = get("local-sink");
+    let mut tried_elsewhere = String::new();
+    let (region, region_source) = match (region, host.find_region) {
+        (None, Some(find)) if local_sink.is_none() => {
+            let found = find(env, layers.boolean("local-mode", false));
+            for t in &found.tried {
+                tried_elsewhere.push_str(", ");
+                tried_elsewhere.push_str(t);
+            }
+            match found.region {
+                Some((r, from)) => (Some(r), from),
+                None => (None, region_source),
+            }
+        }
+        (r, _) => (r, region_source),
+    };
     if region.is_none() && local_sink.is_none() {
-        return err(
-            "Cannot find a region: looked at -n/--region, AWS_REGION and AWS_DEFAULT_REGION. \
-             Set one of them (e.g. -n us-east-1), or use --local-sink to run without AWS",
-        );
+        let file = if files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", Region in {}",
+                files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )
+        };
+        return err(format!(
+            "Cannot find a region: looked at -n/--region{file}, AWS_REGION, AWS_DEFAULT_REGION{tried_elsewhere}. \
+             Set one of them (e.g. -n us-east-1), or use --local-sink to run without AWS"
+        ));
     }
-    let log_level = match get("log-level") {
+    let log_level = match layers.get("log-level") {
         None => Level::Info,
-        Some(l) => Level::parse(&l).ok_or_else(|| ConfigError(format!("-l/--log-level: unknown level {l:?}; use dev, debug, info, prod, warn, error or silent")))?,
+        Some((l, from)) => Level::parse(&l).ok_or_else(|| {
+            ConfigError(format!(
+                "{from}: unknown level {l:?}; use dev, debug, info, prod, warn, error or silent"
+            ))
+        })?,
+    };
+    let log_format = match layers.get("log-format") {
+        None => LogFormat::Text,
+        Some((v, from)) => LogFormat::parse(&v).ok_or_else(|| {
+            ConfigError(format!(
+                "{from}: unknown log format {v:?}; use text or json"
+            ))
+        })?,
     };
     let proxy = get("proxy-address")
         .or_else(|| non_empty(env("HTTPS_PROXY")))
@@ -213,16 +363,16 @@ pub fn resolve(
     let retry_base_delay = duration("retry-base-delay", Duration::from_millis(200))?;
     let retry_max_delay =
         duration("retry-max-delay", Duration::from_secs(30))?.max(retry_base_delay);
+    let udp = layers
+        .get("bind")
+        .unwrap_or_else(|| ("127.0.0.1:2000".into(), flag_label("bind")));
     Ok(Settings {
-        udp_addr: parse_addr(
-            "-b/--bind",
-            get("bind").as_deref().unwrap_or("127.0.0.1:2000"),
-        )?,
+        udp_addr: parse_addr(&udp.1, &udp.0)?,
         tcp_addr: get("bind-tcp").unwrap_or_else(|| "127.0.0.1:2000".into()),
         region,
         region_source,
         endpoint: get("endpoint"),
-        local_mode: f.is_set("local-mode"),
+        local_mode: layers.boolean("local-mode", false),
         local_sink,
         budget_bytes,
         concurrency: number("concurrency", 0)?
@@ -241,12 +391,87 @@ pub fn resolve(
         retry_base_delay,
         retry_max_delay,
         log_level,
+        log_format,
         log_file: get("log-file"),
+        log_rotation: layers.boolean("log-rotation", true),
+        log_rotate_bytes: hidden_number(ENV_LOG_ROTATE_BYTES, 1)?.unwrap_or(LOG_ROTATE_BYTES),
         proxy,
+        no_verify_ssl: layers.boolean("no-verify-ssl", false),
+        proxy_allow_all: layers.boolean("proxy-allow-all", false),
+        ready_failure_threshold: duration("ready-failure-threshold", Duration::from_secs(300))?,
         role_arn: get("role-arn"),
         resource_arn: get("resource-arn"),
-        config_file: get("config"),
+        config_file: get_flag(f, "config"),
+        config_files: files.iter().map(|f| f.path.clone()).collect(),
+        config_warnings: files.iter().flat_map(|f| f.warnings.clone()).collect(),
+        telemetry_interval: hidden_number(ENV_TELEMETRY_INTERVAL_MS, 10)?
+            .map_or(TELEMETRY_INTERVAL, Duration::from_millis),
     })
+}
+
+fn get_flag(f: &flags::Parsed, long: &str) -> Option<String> {
+    non_empty(f.get(long).map(str::to_string))
+}
+
+/// Quotes a string the way YAML (and JSON) double-quoted scalars are written.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The effective settings as a cfg.yaml (`--print-config`): every key of the contract's table,
+/// after flags, config files, environment and defaults were applied.
+pub fn render(s: &Settings) -> String {
+    let opt = |v: &Option<String>| quote(v.as_deref().unwrap_or(""));
+    let files = if s.config_files.is_empty() {
+        "none".to_string()
+    } else {
+        s.config_files.join(", ")
+    };
+    format!(
+        "# Effective xrayd configuration (flags > -c file > discovered file > environment > defaults)\n\
+         # Config files read: {files}\n\
+         TotalBufferSizeMB: {mb}\n\
+         Concurrency: {concurrency}\n\
+         Endpoint: {endpoint}\n\
+         Region: {region}\n\
+         Socket:\n  UDPAddress: {udp}\n  TCPAddress: {tcp}\n\
+         Logging:\n  LogRotation: {rotation}\n  LogLevel: {level}\n  LogPath: {path}\n\
+         LocalMode: {local}\n\
+         ResourceARN: {resource}\n\
+         RoleARN: {role}\n\
+         NoVerifySSL: {noverify}\n\
+         ProxyAddress: {proxy}\n\
+         Version: 2\n",
+        mb = s.budget_bytes / (1024 * 1024),
+        concurrency = s.concurrency,
+        endpoint = opt(&s.endpoint),
+        region = opt(&s.region),
+        udp = quote(&s.udp_addr.to_string()),
+        tcp = quote(&s.tcp_addr),
+        rotation = s.log_rotation,
+        level = quote(s.log_level.name()),
+        path = opt(&s.log_file),
+        local = s.local_mode,
+        resource = opt(&s.resource_arn),
+        role = opt(&s.role_arn),
+        noverify = s.no_verify_ssl,
+        proxy = opt(&s.proxy),
+    )
 }
 
 #[cfg(test)]
@@ -258,6 +483,7 @@ mod tests {
         memory_bytes: 24 << 30,
         cgroup_limit_bytes: None,
         cores: 2,
+        find_region: None,
     };
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
@@ -340,12 +566,14 @@ mod tests {
             memory_bytes: 24 << 30,
             cgroup_limit_bytes: Some(64 << 20),
             cores: 2,
+            find_region: None,
         };
         assert_eq!(small.default_budget(), 16 << 20);
         let tiny = Host {
             memory_bytes: 100 << 20,
             cgroup_limit_bytes: None,
             cores: 1,
+            find_region: None,
         };
         assert_eq!(tiny.default_budget(), 3 << 20);
     }
@@ -397,6 +625,247 @@ mod tests {
                 .proxy
                 .as_deref(),
             Some("http://q")
+        );
+    }
+
+    fn file(path: &str, origin: file::Origin, body: &str) -> FileConfig {
+        file::parse(path, &format!("Version: 2\n{body}"), origin).unwrap()
+    }
+
+    fn run_with(args: &[&str], files: &[FileConfig], env: &[(&str, &str)]) -> Settings {
+        let f = flags::parse(args.iter().map(|s| s.to_string())).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve_with(&f, files, &move |k| env.get(k).cloned(), &HOST).unwrap()
+    }
+
+    /// For every key of the contract's table: flag > `-c` file > discovered file > default.
+    #[test]
+    fn precedence_on_every_key() {
+        type Show = fn(&Settings) -> String;
+        let cases: &[(&str, &str, [&str; 3], &str, Show)] = &[
+            ("-m", "TotalBufferSizeMB", ["10", "20", "30"], "245", |s| {
+                (s.budget_bytes >> 20).to_string()
+            }),
+            ("--concurrency", "Concurrency", ["2", "3", "4"], "8", |s| {
+                s.concurrency.to_string()
+            }),
+            (
+                "--endpoint",
+                "Endpoint",
+                ["http://f", "http://c", "http://a"],
+                "",
+                |s| s.endpoint.clone().unwrap_or_default(),
+            ),
+            ("-n", "Region", ["f-1", "c-1", "a-1"], "env-1", |s| {
+                s.region.clone().unwrap_or_default()
+            }),
+            (
+                "-b",
+                "Socket.UDPAddress",
+                ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+                "127.0.0.1:2000",
+                |s| s.udp_addr.to_string(),
+            ),
+            (
+                "-t",
+                "Socket.TCPAddress",
+                ["h:1", "h:2", "h:3"],
+                "127.0.0.1:2000",
+                |s| s.tcp_addr.clone(),
+            ),
+            (
+                "-l",
+                "Logging.LogLevel",
+                ["error", "warn", "debug"],
+                "info",
+                |s| s.log_level.name().to_string(),
+            ),
+            ("-f", "Logging.LogPath", ["/f", "/c", "/a"], "", |s| {
+                s.log_file.clone().unwrap_or_default()
+            }),
+            ("-a", "ResourceARN", ["arn:f", "arn:c", "arn:a"], "", |s| {
+                s.resource_arn.clone().unwrap_or_default()
+            }),
+            ("-r", "RoleARN", ["arn:f", "arn:c", "arn:a"], "", |s| {
+                s.role_arn.clone().unwrap_or_default()
+            }),
+            (
+                "-p",
+                "ProxyAddress",
+                ["http://f", "http://c", "http://a"],
+                "",
+                |s| s.proxy.clone().unwrap_or_default(),
+            ),
+        ];
+        let yaml = |key: &str, v: &str| match key.split_once('.') {
+            Some((section, k)) => format!("{section}:\n  {k}: \"{v}\"\n"),
+            None if v.parse::<u64>().is_ok() => format!("{key}: {v}\n"),
+            None => format!("{key}: \"{v}\"\n"),
+        };
+        let env = [("AWS_REGION", "env-1")];
+        for (flag, key, [fv, cv, av], default, show) in cases {
+            let c = file("/c.yaml", file::Origin::Explicit, &yaml(key, cv));
+            let a = file("cfg.yaml", file::Origin::Discovered, &yaml(key, av));
+            let flag_arg = [*flag, *fv];
+            assert_eq!(
+                show(&run_with(&flag_arg, &[c.clone(), a.clone()], &env)),
+                *fv,
+                "{key}: flag"
+            );
+            assert_eq!(
+                show(&run_with(&[], &[c, a.clone()], &env)),
+                *cv,
+                "{key}: -c file"
+            );
+            assert_eq!(
+                show(&run_with(&[], &[a], &env)),
+                *av,
+                "{key}: discovered file"
+            );
+            assert_eq!(show(&run_with(&[], &[], &env)), *default, "{key}: default");
+        }
+        // Booleans: an explicit false is kept at every level.
+        type ShowBool = fn(&Settings) -> bool;
+        let bools: &[(&str, &str, bool, ShowBool)] = &[
+            ("--local-mode", "LocalMode", false, |s| s.local_mode),
+            ("--log-rotation", "Logging.LogRotation", true, |s| {
+                s.log_rotation
+            }),
+            ("--no-verify-ssl", "NoVerifySSL", false, |s| s.no_verify_ssl),
+        ];
+        for (flag, key, default, show) in bools {
+            let yaml = |v: bool| match key.split_once('.') {
+                Some((section, k)) => format!("{section}:\n  {k}: {v}\n"),
+                None => format!("{key}: {v}\n"),
+            };
+            for v in [true, false] {
+                let c = file("/c.yaml", file::Origin::Explicit, &yaml(!v));
+                let a = file("cfg.yaml", file::Origin::Discovered, &yaml(v));
+                let arg = format!("{flag}={v}");
+                assert_eq!(
+                    show(&run_with(&[&arg], &[c.clone(), a.clone()], &env)),
+                    v,
+                    "{key}: flag"
+                );
+                assert_eq!(
+                    show(&run_with(&[], &[c, a.clone()], &env)),
+                    !v,
+                    "{key}: -c file"
+                );
+                assert_eq!(
+                    show(&run_with(&[], &[a], &env)),
+                    v,
+                    "{key}: discovered file"
+                );
+            }
+            assert_eq!(show(&run_with(&[], &[], &env)), *default, "{key}: default");
+        }
+    }
+
+    #[test]
+    fn file_values_are_checked_and_named() {
+        let f = |body: &str| vec![file("/etc/x.yaml", file::Origin::Explicit, body)];
+        let flags = flags::parse(Vec::<String>::new()).unwrap();
+        let err = |files: Vec<FileConfig>| {
+            resolve_with(&flags, &files, &|_| None, &HOST)
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(
+            err(f("Region: r\nTotalBufferSizeMB: 2\n")),
+            "TotalBufferSizeMB in /etc/x.yaml: 2 MB is too small; use at least 3 MB"
+        );
+        assert!(
+            err(f("Region: r\nLogging:\n  LogLevel: loud\n"))
+                .starts_with("Logging.LogLevel in /etc/x.yaml: unknown level \"loud\"")
+        );
+        assert!(
+            err(f("Region: r\nSocket:\n  UDPAddress: nonsense\n")).starts_with(
+                "Socket.UDPAddress in /etc/x.yaml: \"nonsense\" is not a valid address"
+            )
+        );
+        let e = err(f("Concurrency: 2\n"));
+        assert!(
+            e.contains("-n/--region, Region in /etc/x.yaml, AWS_REGION"),
+            "{e}"
+        );
+        let s = run_with(&[], &f("Region: r\n"), &[("AWS_REGION", "env")]);
+        assert_eq!(
+            (s.region.as_deref(), s.region_source),
+            (Some("r"), "Region in the config file")
+        );
+        assert_eq!(s.config_files, vec!["/etc/x.yaml"]);
+    }
+
+    #[test]
+    fn hidden_knobs_and_log_format() {
+        let s = run_with(&["-n", "r"], &[], &[]);
+        assert_eq!(
+            (s.log_format, s.log_rotate_bytes, s.telemetry_interval),
+            (LogFormat::Text, LOG_ROTATE_BYTES, TELEMETRY_INTERVAL)
+        );
+        let s = run_with(
+            &["-n", "r", "--log-format", "JSON"],
+            &[],
+            &[
+                (ENV_LOG_ROTATE_BYTES, "4096"),
+                (ENV_TELEMETRY_INTERVAL_MS, "250"),
+            ],
+        );
+        assert_eq!(
+            (s.log_format, s.log_rotate_bytes, s.telemetry_interval),
+            (LogFormat::Json, 4096, Duration::from_millis(250))
+        );
+        assert!(
+            run(&["-n", "r", "--log-format", "xml"], &[])
+                .unwrap_err()
+                .0
+                .contains("--log-format: unknown log format \"xml\"")
+        );
+        assert!(run(&["-n", "r"], &[(ENV_TELEMETRY_INTERVAL_MS, "soon")]).is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back_as_the_same_settings() {
+        let args = [
+            "-n",
+            "eu-west-1",
+            "-m",
+            "12",
+            "--concurrency",
+            "5",
+            "--endpoint",
+            "http://e:1",
+            "-b",
+            "127.0.0.1:3000",
+            "-t",
+            "0.0.0.0:3001",
+            "-l",
+            "warn",
+            "-f",
+            "/tmp/a \"b\".log",
+            "-o",
+            "-a",
+            "arn:r",
+            "-p",
+            "http://p:1",
+            "--log-rotation=false",
+            "--no-verify-ssl",
+        ];
+        let s = run_with(&args, &[], &[]);
+        let text = render(&s);
+        let back = file::parse("printed.yaml", &text, file::Origin::Explicit).unwrap();
+        let s2 = run_with(&[], &[back], &[]);
+        assert_eq!(
+            render(&s2),
+            text.replace("Config files read: none", "Config files read: printed.yaml")
+        );
+        assert!(
+            text.contains("LogPath: \"/tmp/a \\\"b\\\".log\"\n"),
+            "{text}"
         );
     }
 
