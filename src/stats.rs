@@ -4,7 +4,12 @@
 //! telemetry and metrics read from here, so they can never disagree. Counters are monotonic; gauges
 //! (bytes and segments held) go up and down.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::ingest::datagram::Rejection;
 
@@ -74,6 +79,48 @@ pub struct Stats {
     pub bytes_held: AtomicU64,
     /// Segments currently held.
     pub segments_held: AtomicU64,
+    /// Batches being delivered right now (between [`Stats::upload_started`] and
+    /// [`Stats::upload_finished`]).
+    pub batches_in_flight: AtomicU64,
+    /// Credentials fetched or refreshed successfully, by any source (metrics only).
+    pub credential_refreshes: AtomicU64,
+    /// Credential fetches or refreshes that failed (metrics only).
+    pub credential_refresh_errors: AtomicU64,
+    /// True while UDP ingest runs (set by the daemon; read by `/readyz` and `/metrics`).
+    pub ingest_running: AtomicBool,
+    upload_latency: Histogram,
+    /// [`mono_ms`] when the current streak of failed deliveries began; 0 while deliveries succeed.
+    upload_failing_since: AtomicU64,
+    /// Requests answered on the TCP port, by path label and status.
+    proxy_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+}
+
+/// Upper bounds (seconds) of the upload latency histogram buckets; a last `+Inf` bucket follows.
+pub const UPLOAD_LATENCY_BOUNDS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket latency histogram of relaxed atomics.
+#[derive(Default, Debug)]
+struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
+    buckets: [AtomicU64; UPLOAD_LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A copy of a histogram: cumulative counts per bound (last = `+Inf` = total), and the sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, cumulative count)`; the last bound is `f64::INFINITY`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+/// Milliseconds on a process-wide monotonic clock, starting at 1 (0 means "never").
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// A plain copy of the counters at one moment.
@@ -116,6 +163,82 @@ impl Stats {
         self.bytes_held.fetch_sub(bytes, Relaxed);
     }
 
+    /// Records that a delivery attempt starts (a batch is in flight).
+    pub fn upload_started(&self) {
+        self.batches_in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Records the end of a delivery attempt: its latency, and whether it succeeded (a success
+    /// ends a failure streak; a failure starts one unless one is running).
+    pub fn upload_finished(&self, latency: Duration, delivered: bool) {
+        let _ = self
+            .batches_in_flight
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+        let secs = latency.as_secs_f64();
+        let i = UPLOAD_LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(UPLOAD_LATENCY_BOUNDS.len());
+        self.upload_latency.buckets[i].fetch_add(1, Relaxed);
+        self.upload_latency
+            .sum_micros
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+        if delivered {
+            self.upload_failing_since.store(0, Relaxed);
+        } else {
+            let _ = self
+                .upload_failing_since
+                .compare_exchange(0, mono_ms(), Relaxed, Relaxed);
+        }
+    }
+
+    /// How long deliveries have been failing without a success in between; `None` while the
+    /// last attempt succeeded (or none was made).
+    pub fn upload_failing_for(&self) -> Option<Duration> {
+        match self.upload_failing_since.load(Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(mono_ms().saturating_sub(since))),
+        }
+    }
+
+    /// The upload latency histogram.
+    pub fn upload_latency(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(UPLOAD_LATENCY_BOUNDS.len() + 1);
+        for (i, b) in self.upload_latency.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            let bound = UPLOAD_LATENCY_BOUNDS
+                .get(i)
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        HistogramSnapshot {
+            buckets,
+            sum_seconds: self.upload_latency.sum_micros.load(Relaxed) as f64 / 1e6,
+            count: cumulative,
+        }
+    }
+
+    /// Counts one request answered on the TCP port. `path` is a fixed label (never the raw
+    /// request path, to keep the number of series bounded).
+    pub fn add_proxy_request(&self, path: &'static str, status: u16) {
+        *self
+            .proxy_requests
+            .lock()
+            .entry((path, status))
+            .or_insert(0) += 1;
+    }
+
+    /// Requests answered on the TCP port: `((path label, status), count)`, sorted.
+    pub fn proxy_requests(&self) -> Vec<((&'static str, u16), u64)> {
+        self.proxy_requests
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -136,6 +259,27 @@ impl Stats {
 }
 
 impl Snapshot {
+    /// What the counters did between `earlier` and this snapshot (per-interval telemetry); gauges
+    /// keep this snapshot's values.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Snapshot {
+            received: d(self.received, earlier.received),
+            rejected: std::array::from_fn(|i| d(self.rejected[i], earlier.rejected[i])),
+            spillover: d(self.spillover, earlier.spillover),
+            sent: d(self.sent, earlier.sent),
+            unprocessed: d(self.unprocessed, earlier.unprocessed),
+            rejected_by_xray: d(self.rejected_by_xray, earlier.rejected_by_xray),
+            dropped_at_shutdown: d(self.dropped_at_shutdown, earlier.dropped_at_shutdown),
+            retries: d(self.retries, earlier.retries),
+            batches_sent: d(self.batches_sent, earlier.batches_sent),
+            backend_errors: std::array::from_fn(|i| {
+                d(self.backend_errors[i], earlier.backend_errors[i])
+            }),
+            ..*self
+        }
+    }
+
     /// All rejected datagrams, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
@@ -207,5 +351,48 @@ mod tests {
         assert!(line.starts_with("received=0 rejected=3 rejected_no_newline=0 rejected_bad_header=0 rejected_bad_json=2 rejected_too_large=1 "), "{line}");
         assert!(line.contains(" backend_http_5xx=2 "), "{line}");
         assert!(line.ends_with(" segments_held=2"), "{line}");
+    }
+
+    #[test]
+    fn upload_latency_in_flight_and_failure_streak() {
+        let s = Stats::default();
+        assert_eq!(s.upload_failing_for(), None);
+        s.upload_started();
+        s.upload_started();
+        assert_eq!(s.batches_in_flight.load(Relaxed), 2);
+        s.upload_finished(Duration::from_millis(3), false);
+        let first = s.upload_failing_for().expect("failing");
+        std::thread::sleep(Duration::from_millis(20));
+        s.upload_started();
+        s.upload_finished(Duration::from_millis(40), false);
+        assert!(s.upload_failing_for().unwrap() >= first + Duration::from_millis(15));
+        s.upload_finished(Duration::from_secs(60), true);
+        assert_eq!(s.upload_failing_for(), None);
+        assert_eq!(s.batches_in_flight.load(Relaxed), 0);
+        let h = s.upload_latency();
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets.len(), UPLOAD_LATENCY_BOUNDS.len() + 1);
+        assert_eq!(h.buckets[0], (0.005, 1));
+        assert_eq!(h.buckets[3], (0.05, 2));
+        assert_eq!(h.buckets[11], (30.0, 2));
+        assert_eq!(h.buckets[12], (f64::INFINITY, 3));
+        assert!((h.sum_seconds - 60.043).abs() < 1e-9, "{}", h.sum_seconds);
+    }
+
+    #[test]
+    fn proxy_requests_by_path_and_status() {
+        let s = Stats::default();
+        s.add_proxy_request("/SamplingTargets", 200);
+        s.add_proxy_request("/GetSamplingRules", 200);
+        s.add_proxy_request("/SamplingTargets", 200);
+        s.add_proxy_request("/SamplingTargets", 502);
+        assert_eq!(
+            s.proxy_requests(),
+            vec![
+                (("/GetSamplingRules", 200), 1),
+                (("/SamplingTargets", 200), 2),
+                (("/SamplingTargets", 502), 1)
+            ]
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub proxy: Option<String>,
     /// Idle connections kept for reuse.
     pub max_idle: usize,
+    /// Skip TLS certificate verification (`NoVerifySSL`; loudly warned at start-up).
+    pub no_verify_ssl: bool,
 }
 
 /// An answer from X-Ray (any status).
@@ -77,6 +79,11 @@ impl XrayClient {
             .max_idle_connections_per_host(cfg.max_idle.max(1))
             .user_agent(cfg.user_agent.as_str())
             .proxy(proxy)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .disable_verification(cfg.no_verify_ssl)
+                    .build(),
+            )
             .build()
             .into();
         Ok(XrayClient {

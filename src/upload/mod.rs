@@ -43,7 +43,11 @@ impl Uploader {
     fn attempt(&self, mut p: Pending, scratch: &mut Vec<u8>, jitter: &mut Jitter) {
         let started = Instant::now();
         let n = p.batch.len() as u64;
-        match self.sink.deliver(&p.batch, scratch) {
+        self.stats.upload_started();
+        let delivery = self.sink.deliver(&p.batch, scratch);
+        let delivered = matches!(delivery, Delivery::Delivered { .. });
+        self.stats.upload_finished(started.elapsed(), delivered);
+        match delivery {
             Delivery::Delivered { unprocessed } => {
                 let secs = started.elapsed().as_secs_f64();
                 let m = (unprocessed.len() as u64).min(n);

@@ -1,0 +1,907 @@
+//! The TCP port in-process (library API, short timeouts): forwarding, safety limits, slow and
+//! concurrent clients, upstream failures, readiness driven by the real upload pipeline, and the
+//! `xrayd health` probe.
+
+mod proxy_support;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use proxy_support::{FakeSampling, json_headers, one_shot, scrape};
+use support::http::Client;
+use support::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use xrayd::aws::credentials::{Credentials, CredentialsError, NoCredentials, ProvideCredentials};
+use xrayd::proxy::{Config, Options, Server, Upstream};
+use xrayd::stats::Stats;
+use xrayd::upload::client::ClientConfig;
+
+struct Static(Credentials);
+
+impl ProvideCredentials for Static {
+    fn credentials(&self) -> Result<Credentials, CredentialsError> {
+        Ok(self.0.clone())
+    }
+    fn source(&self) -> &str {
+        "test"
+    }
+}
+
+fn test_creds() -> Arc<dyn ProvideCredentials> {
+    Arc::new(Static(Credentials::new(
+        TEST_ACCESS_KEY,
+        TEST_SECRET_KEY,
+        None,
+        None,
+        "test",
+    )))
+}
+
+fn client_config(endpoint: &str) -> ClientConfig {
+    ClientConfig {
+        endpoint: endpoint.to_string(),
+        region: TEST_REGION.to_string(),
+        user_agent: "xrayd-test".into(),
+        timeout: Duration::from_secs(5),
+        proxy: None,
+        max_idle: 4,
+        no_verify_ssl: false,
+    }
+}
+
+fn upstream(endpoint: &str, creds: Arc<dyn ProvideCredentials>, timeout: Duration) -> Upstream {
+    Upstream::new(&client_config(endpoint), creds, timeout).expect("upstream")
+}
+
+fn fast_options() -> Options {
+    Options {
+        read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(2),
+        ready_failure_threshold: Duration::from_secs(1),
+        max_body: 4096,
+        ..Options::default()
+    }
+}
+
+struct Running {
+    server: Server,
+    stats: Arc<Stats>,
+}
+
+impl Running {
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+}
+
+fn start_with(upstream: Option<Upstream>, options: Options, stats: Arc<Stats>) -> Running {
+    stats.ingest_running.store(true, Relaxed);
+    let server = Server::start(Config {
+        bind: "127.0.0.1:0".into(),
+        options,
+        upstream,
+        stats: stats.clone(),
+        budget_bytes: 8 << 20,
+        local_sink: false,
+    })
+    .expect("start server");
+    Running { server, stats }
+}
+
+fn start(fake: &FakeSampling, options: Options) -> Running {
+    start_with(
+        Some(upstream(
+            &fake.endpoint(),
+            test_creds(),
+            Duration::from_secs(5),
+        )),
+        options,
+        Arc::new(Stats::default()),
+    )
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// True when the peer closed the connection (EOF or reset) within `timeout`.
+fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn read_all(s: &mut TcpStream, timeout: Duration) -> String {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn forwards_signed_with_path_and_body_untouched_over_reused_connections() {
+    let fake = FakeSampling::start();
+    let p = start(&fake, fast_options());
+    let mut c = Client::connect(p.addr()).unwrap();
+    let body = br#"{"SamplingStatisticsDocuments":[{"RuleName":"r","ClientID":"0123456789abcdef01234567","RequestCount":3,"SampledCount":1,"BorrowCount":0,"Timestamp":1700000000,"Boost":{"x":1}}]}"#;
+    let mut headers = json_headers();
+    for (k, v) in [
+        (
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=EVIL/20200101/us-east-1/xray/aws4_request, SignedHeaders=host, Signature=00",
+        ),
+        ("X-Amz-Date", "20000101T000000Z"),
+        ("X-Amz-Security-Token", "client-token"),
+        ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Upgrade", "h2c"),
+        ("X-Custom", "client-only"),
+        ("Accept-Encoding", "gzip"),
+    ] {
+        headers.push((k.into(), v.into()));
+    }
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/SamplingTargets"
+        } else {
+            "/GetSamplingRules"
+        };
+        let b: &[u8] = if i % 2 == 0 { body } else { b"{}" };
+        let r = c.request("POST", path, &headers, b).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = json(&r.body);
+        if i % 2 == 0 {
+            assert_eq!(v["SamplingTargetDocuments"][0]["RuleName"], "r");
+        } else {
+            // Unknown fields pass through untouched.
+            assert_eq!(
+                v["SamplingRuleRecords"][0]["SamplingRule"]["Boost"]["NewField"],
+                "passed through"
+            );
+        }
+    }
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 10);
+    for (i, s) in seen.iter().enumerate() {
+        assert!(s.signature.is_ok(), "request {i}: {:?}", s.signature);
+        assert_eq!(s.method, "POST");
+        let (path, b): (&str, &[u8]) = if i % 2 == 0 {
+            ("/SamplingTargets", body)
+        } else {
+            ("/GetSamplingRules", b"{}")
+        };
+        assert_eq!(s.path, path);
+        assert_eq!(s.body, b, "body forwarded byte for byte");
+        for h in [
+            "x-custom",
+            "proxy-authorization",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "x-amz-security-token",
+            "accept-encoding",
+            "content-encoding",
+        ] {
+            assert_eq!(s.header(h), None, "{h} must not be forwarded");
+        }
+        assert!(s.header("authorization").unwrap().contains(TEST_ACCESS_KEY));
+        assert_ne!(s.header("x-amz-date"), Some("20000101T000000Z"));
+        assert_eq!(s.header("content-type"), Some("application/json"));
+    }
+    assert_eq!(fake.connections(), 1, "one upstream connection, reused");
+    let e = scrape(p.addr());
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/SamplingTargets"), ("status", "200")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/GetSamplingRules"), ("status", "200")]
+        ),
+        5.0
+    );
+}
+
+#[test]
+fn upstream_errors_pass_through_with_status_body_and_error_type() {
+    let fake = FakeSampling::start();
+    let throttled = r#"{"__type":"ThrottledException","message":"Rate exceeded"}"#;
+    fake.answer("/SamplingTargets", 429, throttled);
+    fake.answer(
+        "/GetSamplingRules",
+        400,
+        r#"{"__type":"InvalidRequestException","message":"bad token"}"#,
+    );
+    let p = start(&fake, fast_options());
+    let r = one_shot(p.addr(), "POST", "/SamplingTargets", b"{}");
+    assert_eq!((r.status, r.text().as_str()), (429, throttled));
+    assert_eq!(r.header("x-amzn-errortype"), Some("ThrottledException"));
+    let r = one_shot(
+        p.addr(),
+        "POST",
+        "/GetSamplingRules",
+        br#"{"NextToken":"x"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&r.body)["message"], "bad token");
+    assert_eq!(fake.seen().len(), 2);
+}
+
+#[test]
+fn other_paths_and_methods_are_refused_unless_allowed() {
+    let fake = FakeSampling::start();
+    let p = start(&fake, fast_options());
+    let mut c = Client::connect(p.addr()).unwrap();
+    let r = c
+        .request("POST", "/TraceSegments", &json_headers(), b"{}")
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let msg = json(&r.body)["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("/TraceSegments")
+            && msg.contains("--proxy-allow-all")
+            && msg.contains("/GetSamplingRules"),
+        "{msg}"
+    );
+    // The connection stays usable after a refusal.
+    let r = c
+        .request("GET", "/GetSamplingRules", &json_headers(), b"")
+        .unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = c
+        .request("DELETE", "/metrics", &json_headers(), b"")
+        .unwrap();
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    let r = c.request("POST", "/", &json_headers(), b"").unwrap();
+    assert_eq!(r.status, 404);
+    assert!(
+        fake.seen().is_empty(),
+        "nothing refused reaches X-Ray: {:?}",
+        fake.seen()
+    );
+
+    let open = start(
+        &fake,
+        Options {
+            allow_all: true,
+            ..fast_options()
+        },
+    );
+    let r = one_shot(
+        open.addr(),
+        "POST",
+        "/TraceSegments",
+        br#"{"TraceSegmentDocuments":["{}"]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = one_shot(open.addr(), "PUT", "/TraceSegments", b"{}");
+    assert_eq!(r.status, 405);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].signature.is_ok() && seen[0].path == "/TraceSegments");
+    let e = scrape(p.addr());
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "other"), ("status", "404")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/GetSamplingRules"), ("status", "405")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/metrics"), ("status", "405")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn oversized_bodies_are_refused_and_never_forwarded() {
+    let fake = FakeSampling::start();
+    let p = start(&fake, fast_options()); // max_body 4096
+    // At the limit: forwarded.
+    let at_limit = format!("{{\"NextToken\":\"{}\"}}", "a".repeat(4096 - 16));
+    assert_eq!(at_limit.len(), 4096);
+    let r = one_shot(p.addr(), "POST", "/GetSamplingRules", at_limit.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Over it, announced by Content-Length: 413 before the body is read, then close.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nContent-Length: 4097\r\n\r\n")
+        .unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(
+        text.contains("Connection: close") && text.contains("4096 bytes"),
+        "{text}"
+    );
+    // Over it, chunked.
+    let mut c = Client::connect(p.addr()).unwrap();
+    c.send_chunked(
+        "POST",
+        "/SamplingTargets",
+        &json_headers(),
+        &vec![b'x'; 5000],
+        1000,
+    )
+    .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 413);
+    // Over it with Expect: 100-continue: refused without waiting for the body.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"POST /SamplingTargets HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n").unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    // A chunked body within the limit is de-chunked and forwarded.
+    let mut c = Client::connect(p.addr()).unwrap();
+    c.send_chunked(
+        "POST",
+        "/SamplingTargets",
+        &json_headers(),
+        br#"{"SamplingStatisticsDocuments":[]}"#,
+        7,
+    )
+    .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].body, br#"{"SamplingStatisticsDocuments":[]}"#);
+    let e = scrape(p.addr());
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "invalid"), ("status", "413")]
+        ),
+        3.0
+    );
+}
+
+#[test]
+fn expect_continue_pipelining_head_and_http10() {
+    let fake = FakeSampling::start();
+    let p = start(&fake, fast_options());
+    // Expect: 100-continue on a forwarded path: 100 first, then the answer.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+    let mut buf = [0u8; 25];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"{}").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    // Three pipelined requests in one write, answered in order.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\n\r\nPOST /GetSamplingRules HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}HEAD /readyz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200"], "{text}");
+    let rules = text.find("SamplingRuleRecords").unwrap();
+    assert!(text.find("ok\n").unwrap() < rules, "{text}");
+    assert!(
+        text.ends_with("Connection: close\r\n\r\n"),
+        "HEAD has no body: {text}"
+    );
+    // HTTP/1.0: closed after the answer unless keep-alive was asked for.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\nok\n"),
+        "{text}"
+    );
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("Connection: keep-alive"));
+    // Garbage: 400 and close.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        .unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert_eq!(fake.seen_on("/GetSamplingRules").len(), 2);
+}
+
+#[test]
+fn slow_clients_time_out_without_delaying_others() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3),
+            ..fast_options()
+        },
+    );
+    // A slowloris: a head that trickles in, one byte every 100 ms.
+    let mut slow = TcpStream::connect(p.addr()).unwrap();
+    let started = Instant::now();
+    let trickle = std::thread::spawn({
+        let mut s = slow.try_clone().unwrap();
+        move || {
+            for b in
+                b"POST /GetSamplingRules HTTP/1.1\r\nHost: slow\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaa"
+            {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    // A client that sends half a body and stops.
+    let mut stalled = TcpStream::connect(p.addr()).unwrap();
+    stalled
+        .write_all(b"POST /SamplingTargets HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"Sampl")
+        .unwrap();
+    // A client that connects and says nothing (idle): closed after the idle timeout.
+    let mut idle = TcpStream::connect(p.addr()).unwrap();
+    // Meanwhile a well-behaved client is served promptly, over and over.
+    let mut c = Client::connect(p.addr()).unwrap();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_millis(1600) {
+        let t = Instant::now();
+        let r = c
+            .request("POST", "/GetSamplingRules", &json_headers(), b"{}")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let r = c.request("GET", "/healthz", &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(600),
+        "a good client waited {worst:?}"
+    );
+    let text = read_all(&mut stalled, Duration::from_secs(3));
+    assert!(
+        text.starts_with("HTTP/1.1 408 ") && text.contains("Connection: close"),
+        "{text}"
+    );
+    let text = read_all(&mut slow, Duration::from_secs(3));
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    let slow_done = started.elapsed();
+    assert!(
+        slow_done < Duration::from_millis(3000),
+        "slow client held {slow_done:?}"
+    );
+    let _ = trickle.join();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)),
+        "idle connection not closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "idle closed too early"
+    );
+    // The good client's keep-alive connection was used throughout; it is also closed once idle.
+    std::thread::sleep(Duration::from_millis(3600));
+    assert!(
+        c.request("GET", "/healthz", &[], b"").is_err(),
+        "idle keep-alive connection should be closed"
+    );
+    assert!(fake.seen().iter().all(|s| s.signature.is_ok()));
+    let e = scrape(p.addr());
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "invalid"), ("status", "408")]
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn upstream_down_is_502_and_slow_upstream_is_504() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = start_with(
+        Some(upstream(
+            &format!("http://{closed}"),
+            test_creds(),
+            Duration::from_secs(2),
+        )),
+        fast_options(),
+        Arc::new(Stats::default()),
+    );
+    let r = one_shot(p.addr(), "POST", "/GetSamplingRules", b"{}");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("x-amzn-errortype"), Some("UpstreamUnavailable"));
+    let msg = json(&r.body)["message"].as_str().unwrap().to_string();
+    assert!(msg.contains(&closed.to_string()), "{msg}");
+    // Healthz is unaffected.
+    assert_eq!(one_shot(p.addr(), "GET", "/healthz", b"").status, 200);
+
+    let fake = FakeSampling::start();
+    fake.set_delay(Duration::from_millis(1500));
+    let slow = start_with(
+        Some(upstream(
+            &fake.endpoint(),
+            test_creds(),
+            Duration::from_millis(300),
+        )),
+        fast_options(),
+        Arc::new(Stats::default()),
+    );
+    let t = Instant::now();
+    let r = one_shot(slow.addr(), "POST", "/SamplingTargets", b"{}");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    let e = scrape(p.addr());
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/GetSamplingRules"), ("status", "502")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
+    let fake = FakeSampling::start();
+    let p = start_with(
+        Some(upstream(
+            &fake.endpoint(),
+            Arc::new(NoCredentials),
+            Duration::from_secs(2),
+        )),
+        fast_options(),
+        Arc::new(Stats::default()),
+    );
+    let r = one_shot(p.addr(), "POST", "/GetSamplingRules", b"{}");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-amzn-errortype"), Some("CredentialsUnavailable"));
+    let msg = json(&r.body)["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("no AWS credentials") && msg.contains("AWS_ACCESS_KEY_ID"),
+        "{msg}"
+    );
+    let r = one_shot(p.addr(), "GET", "/readyz", b"");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("no AWS credentials"), "{}", r.text());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(fake.seen().is_empty());
+    assert_eq!(fake.connections(), 0);
+}
+
+#[test]
+fn many_concurrent_keep_alive_clients() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            read_timeout: Duration::from_secs(10),
+            ..fast_options()
+        },
+    );
+    let addr = p.addr();
+    const CLIENTS: usize = 64;
+    const EACH: usize = 10;
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                for j in 0..EACH {
+                    let body = format!("{{\"NextToken\":\"client-{i}-req-{j}\"}}");
+                    let r = c
+                        .request(
+                            "POST",
+                            "/GetSamplingRules",
+                            &json_headers(),
+                            body.as_bytes(),
+                        )
+                        .unwrap();
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let r = c.request("GET", "/healthz", &[], b"").unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let seen = fake.seen();
+    assert_eq!(seen.len(), CLIENTS * EACH);
+    assert!(seen.iter().all(|s| s.signature.is_ok()));
+    let mut bodies: Vec<String> = seen
+        .iter()
+        .map(|s| String::from_utf8(s.body.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), CLIENTS * EACH, "every body forwarded once");
+    assert!(
+        fake.connections() <= Options::default().workers,
+        "upstream connections: {}",
+        fake.connections()
+    );
+    let e = scrape(addr);
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/GetSamplingRules"), ("status", "200")]
+        ),
+        (CLIENTS * EACH) as f64
+    );
+    assert_eq!(
+        e.value(
+            "xrayd_proxy_requests_total",
+            &[("path", "/healthz"), ("status", "200")]
+        ),
+        (CLIENTS * EACH) as f64
+    );
+}
+
+#[test]
+fn connection_limit_refuses_extra_clients() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            max_connections: 2,
+            ..fast_options()
+        },
+    );
+    let mut a = Client::connect(p.addr()).unwrap();
+    let mut b = Client::connect(p.addr()).unwrap();
+    assert_eq!(a.request("GET", "/healthz", &[], b"").unwrap().status, 200);
+    assert_eq!(b.request("GET", "/healthz", &[], b"").unwrap().status, 200);
+    let mut c = TcpStream::connect(p.addr()).unwrap();
+    let text = read_all(&mut c, Duration::from_secs(3));
+    assert!(
+        text.starts_with("HTTP/1.1 503 ") && text.contains("too many open connections"),
+        "{text}"
+    );
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(one_shot(p.addr(), "GET", "/healthz", b"").status, 200);
+}
+
+#[test]
+fn bind_failure_is_a_clear_error_and_ipv6_works() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = Server::start(Config {
+        bind: addr.clone(),
+        options: Options::default(),
+        upstream: None,
+        stats: Arc::new(Stats::default()),
+        budget_bytes: 1,
+        local_sink: true,
+    })
+    .err()
+    .expect("bind must fail");
+    assert!(
+        err.contains("Cannot listen on TCP") && err.contains(&addr) && err.contains("-t"),
+        "{err}"
+    );
+    let bad = Server::start(Config {
+        bind: "not an address".into(),
+        options: Options::default(),
+        upstream: None,
+        stats: Arc::new(Stats::default()),
+        budget_bytes: 1,
+        local_sink: true,
+    })
+    .err()
+    .expect("bad address");
+    assert!(bad.contains("-t/--bind-tcp"), "{bad}");
+
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED (IPv6 part): no IPv6 loopback here");
+        return;
+    }
+    let stats = Arc::new(Stats::default());
+    stats.ingest_running.store(true, Relaxed);
+    let v6 = Server::start(Config {
+        bind: "[::1]:0".into(),
+        options: Options::default(),
+        upstream: None,
+        stats,
+        budget_bytes: 1,
+        local_sink: true,
+    })
+    .unwrap();
+    assert!(v6.local_addr().is_ipv6());
+    assert_eq!(one_shot(v6.local_addr(), "GET", "/readyz", b"").status, 200);
+    // Local sink: sampling calls have nowhere to go.
+    let r = one_shot(v6.local_addr(), "POST", "/GetSamplingRules", b"{}");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("--local-sink"), "{}", r.text());
+}
+
+#[test]
+fn readyz_follows_the_upload_pipeline() {
+    use xrayd::log::Throttle;
+    use xrayd::queue::{self, Segment};
+    use xrayd::upload::Uploader;
+    use xrayd::upload::backlog::Backlog;
+    use xrayd::upload::client::XrayClient;
+    use xrayd::upload::retry::Backoff;
+    use xrayd::upload::sink::XraySink;
+
+    let fake = FakeSampling::start();
+    let stats = Arc::new(Stats::default());
+    let backlog = Arc::new(Backlog::new(stats.clone()));
+    let (writer, reader) = queue::bounded(1024, 8 << 20, stats.clone(), backlog.clone());
+    {
+        let backlog = backlog.clone();
+        std::thread::spawn(move || {
+            xrayd::batch::run(reader, |b| backlog.push_fresh(b));
+            backlog.close();
+        });
+    }
+    let uploader = Uploader {
+        backlog: backlog.clone(),
+        sink: Arc::new(XraySink {
+            client: XrayClient::new(&client_config(&fake.endpoint()), test_creds()).unwrap(),
+        }),
+        stats: stats.clone(),
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+        failures_logged: Arc::new(Throttle::new(Duration::from_secs(60))),
+    };
+    std::thread::spawn(move || uploader.run(1));
+    let p = start_with(
+        Some(upstream(
+            &fake.endpoint(),
+            test_creds(),
+            Duration::from_secs(2),
+        )),
+        fast_options(), // threshold 1 s
+        stats.clone(),
+    );
+    let ready = |addr| {
+        let r = one_shot(addr, "GET", "/readyz", b"");
+        (r.status, r.text())
+    };
+    assert_eq!(ready(p.addr()).0, 200);
+    // Not ready while ingest is not running.
+    stats.ingest_running.store(false, Relaxed);
+    let (status, text) = ready(p.addr());
+    assert!(
+        status == 503 && text.contains("UDP ingest is not running"),
+        "{text}"
+    );
+    stats.ingest_running.store(true, Relaxed);
+
+    fake.fail_segments(true);
+    for i in 0..5 {
+        writer.push(Segment::new(support::make_segment(i, 300).as_bytes()));
+    }
+    assert!(fake.wait(Duration::from_secs(5), |s| {
+        s.iter()
+            .any(|r| r.path == "/TraceSegments" && r.status == 500)
+    }));
+    let failing_since = Instant::now();
+    // Failing, but not for longer than the threshold yet.
+    assert_eq!(ready(p.addr()).0, 200);
+    let mut flipped = None;
+    while failing_since.elapsed() < Duration::from_secs(5) {
+        let (status, text) = ready(p.addr());
+        if status == 503 {
+            flipped = Some((failing_since.elapsed(), text));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (after, text) = flipped.expect("readyz never flipped");
+    assert!(
+        after >= Duration::from_millis(800),
+        "flipped after {after:?}"
+    );
+    assert!(
+        text.contains("uploads to X-Ray have been failing"),
+        "{text}"
+    );
+    let e = scrape(p.addr());
+    assert_eq!(e.value("xrayd_ready", &[]), 0.0);
+    assert!(e.value("xrayd_upload_failing_seconds", &[]) >= 1.0);
+    assert!(e.value("xrayd_upload_retries_total", &[]) >= 1.0);
+    assert!(e.value("xrayd_upload_errors_total", &[("class", "http_5xx")]) >= 1.0);
+
+    // X-Ray recovers: the retried batch goes through and readiness comes back.
+    fake.fail_segments(false);
+    assert!(
+        fake.wait_documents(5, Duration::from_secs(5)),
+        "retried batch not delivered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready(p.addr()).0 != 200 {
+        assert!(Instant::now() < deadline, "readyz did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = scrape(p.addr());
+    assert_eq!(e.value("xrayd_ready", &[]), 1.0);
+    assert_eq!(e.value("xrayd_upload_failing_seconds", &[]), 0.0);
+    assert_eq!(e.value("xrayd_segments_sent_total", &[]), 5.0);
+    assert!(e.value("xrayd_upload_duration_seconds_count", &[]) >= 2.0);
+    assert_eq!(e.value("xrayd_batches_in_flight", &[]), 0.0);
+}
+
+#[test]
+fn health_subcommand_probes_healthz_and_readyz() {
+    let fake = FakeSampling::start();
+    let p = start(&fake, fast_options());
+    let addr = p.addr().to_string();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(xrayd::health::main(args(&["health", "--tcp", &addr])), 0);
+    assert_eq!(xrayd::health::main(args(&["--tcp", &addr, "--ready"])), 0);
+    p.stats.ingest_running.store(false, Relaxed);
+    assert_eq!(xrayd::health::main(args(&["--tcp", &addr, "--ready"])), 1);
+    assert_eq!(
+        xrayd::health::main(args(&["--tcp", &addr])),
+        0,
+        "alive even when not ready"
+    );
+    // 0.0.0.0 is probed on loopback.
+    let any = format!("0.0.0.0:{}", p.addr().port());
+    assert_eq!(xrayd::health::main(args(&["--tcp", &any])), 0);
+    p.server.stop();
+    assert_eq!(
+        xrayd::health::main(args(&["--tcp", &addr, "--timeout", "1s"])),
+        1
+    );
+    // Something that is not xrayd (a silent listener) fails within the timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        xrayd::health::main(args(&[
+            "--tcp",
+            &silent.local_addr().unwrap().to_string(),
+            "--timeout",
+            "500ms"
+        ])),
+        1
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
