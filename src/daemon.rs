@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::aws::credentials::{
-    EnvironmentProvider, NoCredentials, ProvideCredentials, redacted_key_id,
+    ChainOptions, ProvideCredentials, build_provider_with, redacted_key_id,
 };
 use crate::aws::endpoint::resolve_xray_endpoint;
 use crate::config::{ConfigError, Settings};
@@ -39,11 +39,19 @@ fn ring_slots(budget: u64) -> usize {
     (budget / 4096).clamp(4096, 65_536) as usize
 }
 
+/// The sink, the sampling proxy's upstream and the X-Ray sink telemetry uses (none for the local sink).
+type Built = (
+    Arc<dyn Sink>,
+    Option<crate::proxy::Upstream>,
+    Option<Arc<XraySink>>,
+);
+
 /// Builds where batches go: the local sink, or X-Ray with credentials from the environment.
 fn build_sink(
     s: &Settings,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Arc<dyn Sink>, ConfigError> {
+    stats: &Arc<Stats>,
+) -> Result<Built, ConfigError> {
     if let Some(path) = &s.local_sink {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
@@ -60,39 +68,47 @@ fn build_sink(
             "Using local sink: writing segments to {} instead of X-Ray",
             if path == "-" { "stdout" } else { path }
         );
-        return Ok(Arc::new(LocalSink::new(out)));
+        return Ok((Arc::new(LocalSink::new(out)), None, None));
     }
     let region = s.region.as_deref().unwrap_or_default();
     crate::info!("Using region: {region}");
     let endpoint = resolve_xray_endpoint(s.endpoint.as_deref(), env, region)
         .map_err(|e| ConfigError(e.to_string()))?;
-    let credentials: Arc<dyn ProvideCredentials> = match EnvironmentProvider::from_env(env) {
-        Some(p) => {
-            if let Ok(c) = p.credentials() {
-                crate::info!(
-                    "Using credentials from the environment (key id {})",
-                    redacted_key_id(c.access_key_id())
-                );
-            }
-            Arc::new(p)
-        }
-        None => {
-            crate::warn!(
-                "No AWS credentials found (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); segments are buffered until uploads succeed"
-            );
-            Arc::new(NoCredentials)
-        }
-    };
-    let client = XrayClient::new(
-        &ClientConfig {
-            endpoint: endpoint.url.clone(),
-            region: region.to_string(),
-            user_agent: user_agent(env),
-            timeout: s.upload_timeout,
-            proxy: s.proxy.clone(),
-            max_idle: s.concurrency,
+    let (credentials, source): (Arc<dyn ProvideCredentials>, String) = build_provider_with(
+        env,
+        region,
+        s.role_arn.as_deref(),
+        s.proxy.as_deref(),
+        &ChainOptions {
+            stats: Some(stats.clone()),
+            ..ChainOptions::default()
         },
+    )
+    .map_err(|e| ConfigError(format!("AWS credentials: {e}")))?;
+    if credentials.source() == "none" {
+        crate::warn!("{source}; segments are buffered until uploads succeed");
+    } else {
+        // Static sources answer at once; the others log their key id when first fetched.
+        let key = credentials
+            .credentials()
+            .map(|c| format!(" (key id {})", redacted_key_id(c.access_key_id())))
+            .unwrap_or_default();
+        crate::info!("Using AWS credentials from {source}{key}");
+    }
+    let client_config = ClientConfig {
+        endpoint: endpoint.url.clone(),
+        region: region.to_string(),
+        user_agent: user_agent(env),
+        timeout: s.upload_timeout,
+        proxy: s.proxy.clone(),
+        max_idle: s.concurrency,
+        no_verify_ssl: s.no_verify_ssl,
+    };
+    let client = XrayClient::new(&client_config, credentials.clone()).map_err(ConfigError)?;
+    let upstream = crate::proxy::Upstream::new(
+        &client_config,
         credentials,
+        crate::proxy::DEFAULT_UPSTREAM_TIMEOUT,
     )
     .map_err(ConfigError)?;
     crate::info!(
@@ -100,35 +116,42 @@ fn build_sink(
         endpoint.url,
         endpoint.source
     );
-    Ok(Arc::new(XraySink { client }))
+    let xray = Arc::new(XraySink { client });
+    Ok((xray.clone(), Some(upstream), Some(xray)))
 }
 
 /// Runs the daemon; returns the process exit code.
 pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    // Handlers first: a signal during start-up must lead to a clean shutdown, not a kill.
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            crate::error!("Cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
     crate::info!("Initializing xrayd {VERSION} (AWS X-Ray daemon compatible)");
     crate::info!(
         "Using buffer memory limit of {} MB",
         s.budget_bytes / (1024 * 1024)
     );
-    if s.config_file.is_some() || s.role_arn.is_some() {
-        let which = if s.config_file.is_some() {
-            "-c/--config"
-        } else {
-            "-r/--role-arn"
-        };
-        crate::error!(
-            "{which} is not supported by this version of xrayd yet; remove it or use the equivalent flags"
-        );
-        return 1;
-    }
-    let sink = match build_sink(&s, env) {
-        Ok(sink) => sink,
+    let stats = Arc::new(Stats::default());
+    let (sink, upstream, xray) = match build_sink(&s, env, &stats) {
+        Ok(built) => built,
         Err(e) => {
             crate::error!("{e}");
             return 1;
         }
     };
-    let stats = Arc::new(Stats::default());
+    let telemetry = crate::telemetry::Telemetry::start(
+        &s,
+        env,
+        stats.clone(),
+        xray.map(|x| x as Arc<dyn crate::telemetry::Transport>),
+    );
     let backlog = Arc::new(Backlog::new(stats.clone()));
     let (writer, reader) = queue::bounded(
         ring_slots(s.budget_bytes),
@@ -152,12 +175,27 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         listener.receive_buffer,
         s.receive_buffer
     );
-    if s.tcp_addr != "127.0.0.1:2000" {
-        crate::warn!(
-            "-t/--bind-tcp {}: the sampling proxy is not available in this version yet",
-            s.tcp_addr
-        );
+    if let Some(u) = &upstream {
+        crate::info!("HTTP Proxy server using X-Ray Endpoint : {}", u.endpoint());
     }
+    let _proxy = match crate::proxy::Server::start(crate::proxy::Config {
+        bind: s.tcp_addr.clone(),
+        options: crate::proxy::Options {
+            allow_all: s.proxy_allow_all,
+            ready_failure_threshold: s.ready_failure_threshold,
+            ..crate::proxy::Options::default()
+        },
+        upstream,
+        stats: stats.clone(),
+        budget_bytes: s.budget_bytes,
+        local_sink: s.local_sink.is_some(),
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::error!("{e}");
+            return 1;
+        }
+    };
 
     let batcher = {
         let backlog = backlog.clone();
@@ -189,11 +227,17 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
             return 1;
         }
     };
+    stats
+        .ingest_running
+        .store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let signal = wait_for_signal();
+    let signal = wait_for_signal(signals);
     crate::info!("Got shutdown signal: {signal}");
     let deadline = Instant::now() + s.shutdown_timeout;
     ingest.stop();
+    stats
+        .ingest_running
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     spawn("xrayd-drain", move || {
         let _ = batcher.join();
@@ -213,6 +257,11 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
             s.shutdown_timeout.as_secs_f64()
         );
     }
+    // The final telemetry record covers the drain; it may use what is left of the deadline.
+    telemetry.finish(deadline.saturating_duration_since(Instant::now()).clamp(
+        Duration::from_secs(1),
+        s.upload_timeout.max(Duration::from_secs(1)),
+    ));
     crate::info!("Final counts: {}", stats.snapshot().to_kv_line());
     crate::info!("Shutdown finished");
     0
@@ -229,18 +278,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHand
 }
 
 /// Blocks until SIGINT or SIGTERM; returns its name as Go prints it.
-fn wait_for_signal() -> &'static str {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => match signals.forever().next() {
-            Some(SIGINT) => "interrupt",
-            _ => "terminated",
-        },
-        Err(e) => {
-            crate::error!("Cannot install signal handlers: {e}");
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        }
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str {
+    match signals.forever().next() {
+        Some(signal_hook::consts::SIGINT) => "interrupt",
+        _ => "terminated",
     }
 }

@@ -6,10 +6,15 @@
 
 pub mod aws;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod ingest;
 pub mod log;
+pub mod metrics;
+pub mod proxy;
 pub mod queue;
 pub mod stats;
+pub mod telemetry;
 pub mod upload;

@@ -1,10 +1,22 @@
-//! The `xrayd` command: parse flags, resolve settings, run the daemon.
+//! The `xrayd` command: parse flags, read the config files, resolve settings, run the daemon.
 
-use xrayd::config::{self, flags};
+use std::time::Duration;
+
+use xrayd::config::{self, file, flags};
 use xrayd::log;
+
+/// Longest wait for queued log lines at exit.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Subcommands: a probe for exec health checks (scratch images have no shell), and the
+    // benchmark harness.
+    match args.first().map(String::as_str) {
+        Some("health") => std::process::exit(xrayd::health::main(args)),
+        Some("bench") => std::process::exit(xrayd::bench::main(args)),
+        _ => {}
+    }
     let parsed = match flags::parse(args) {
         Ok(p) => p,
         Err(e) => {
@@ -25,29 +37,49 @@ fn main() {
         std::process::exit(2);
     }
     let env = |k: &str| std::env::var(k).ok();
-    let settings = match config::resolve(&parsed, &env, &config::Host::detect()) {
+    let explicit = parsed.get("config").filter(|p| !p.trim().is_empty());
+    let settings = match file::load(explicit, &file::read_file)
+        .and_then(|files| config::resolve_with(&parsed, &files, &env, &config::Host::detect()))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("xrayd: {e}");
             std::process::exit(1);
         }
     };
-    let out: Box<dyn std::io::Write + Send> = match &settings.log_file {
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("xrayd: -f/--log-file: cannot open {path}: {e}");
-                std::process::exit(1);
-            }
+    if parsed.is_set("print-config") {
+        for w in &settings.config_warnings {
+            eprintln!("xrayd: warning: {w}");
+        }
+        print!("{}", config::render(&settings));
+        return;
+    }
+    let output = match &settings.log_file {
+        Some(path) => log::Output::File {
+            path: path.clone(),
+            rotate_at: settings.log_rotation.then_some(settings.log_rotate_bytes),
         },
         // Segments own stdout when the local sink writes there; logs move to stderr.
-        None if settings.local_sink.as_deref() == Some("-") => Box::new(std::io::stderr()),
-        None => Box::new(std::io::stdout()),
+        None if settings.local_sink.as_deref() == Some("-") => log::Output::Stderr,
+        None => log::Output::Stdout,
     };
-    log::init(settings.log_level, out);
-    std::process::exit(xrayd::daemon::run(settings, &env));
+    if let Err(e) = log::init(settings.log_level, settings.log_format, output) {
+        let path = settings.log_file.as_deref().unwrap_or("-");
+        eprintln!("xrayd: cannot open the log file {path} (-f/--log-file or Logging.LogPath): {e}");
+        std::process::exit(1);
+    }
+    for path in &settings.config_files {
+        xrayd::info!("Using config file {path}");
+    }
+    for w in &settings.config_warnings {
+        xrayd::warn!("{w}");
+    }
+    if settings.no_verify_ssl {
+        xrayd::warn!(
+            "NoVerifySSL is set: TLS certificates of X-Ray are NOT verified. Anyone on the network path can read and alter uploads"
+        );
+    }
+    let code = xrayd::daemon::run(settings, &env);
+    log::flush(LOG_FLUSH_TIMEOUT);
+    std::process::exit(code);
 }

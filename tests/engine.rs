@@ -585,7 +585,10 @@ fn sigterm_drains_the_queue_and_exits_zero() {
     // SIGTERM stops receiving, but what already sat in the socket buffer is taken
     // first: every datagram sent before the signal is received and delivered.
     let received = counter(&counts, "received");
-    assert_eq!(received, n, "datagrams left in the socket at SIGTERM: {counts:?}");
+    assert_eq!(
+        received, n,
+        "datagrams left in the socket at SIGTERM: {counts:?}"
+    );
     assert!(
         received > delivered_at_signal as u64,
         "nothing was left to drain at SIGTERM ({delivered_at_signal} delivered)"

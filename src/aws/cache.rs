@@ -77,6 +77,7 @@ struct State {
 
 struct Shared {
     fetcher: Box<dyn FetchCredentials>,
+    stats: Option<Arc<crate::stats::Stats>>,
     description: String,
     config: CacheConfig,
     state: Mutex<State>,
@@ -115,8 +116,21 @@ impl CachingProvider {
         description: impl Into<String>,
         config: CacheConfig,
     ) -> Result<CachingProvider, CredentialsError> {
+        Self::start_counted(fetcher, name, description, config, None)
+    }
+
+    /// [`CachingProvider::start`], counting every fetch in `stats` (`credential_refreshes` and
+    /// `credential_refresh_errors`).
+    pub fn start_counted(
+        fetcher: Box<dyn FetchCredentials>,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        config: CacheConfig,
+        stats: Option<Arc<crate::stats::Stats>>,
+    ) -> Result<CachingProvider, CredentialsError> {
         let shared = Arc::new(Shared {
             fetcher,
+            stats,
             description: description.into(),
             config,
             state: Mutex::new(State::default()),
@@ -227,6 +241,14 @@ fn refresh_loop(shared: &Shared) {
             return;
         }
         st.attempts += 1;
+        if let Some(stats) = &shared.stats {
+            let counter = if result.is_ok() {
+                &stats.credential_refreshes
+            } else {
+                &stats.credential_refresh_errors
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (next, line) = match result {
             Ok(c) => {
                 let expires = match c.expiry().map(|e| e.duration_since(now)) {

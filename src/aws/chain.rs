@@ -51,6 +51,8 @@ pub struct ChainOptions {
     pub process_timeout: Duration,
     /// Refresh and retry schedule.
     pub cache: CacheConfig,
+    /// Where fetches and refreshes are counted (the daemon's stats), if anywhere.
+    pub stats: Option<Arc<crate::stats::Stats>>,
 }
 
 impl Default for ChainOptions {
@@ -62,6 +64,7 @@ impl Default for ChainOptions {
             container_timeout: Duration::from_secs(2),
             process_timeout: process::DEFAULT_TIMEOUT,
             cache: CacheConfig::default(),
+            stats: None,
         }
     }
 }
@@ -194,7 +197,13 @@ pub fn build_provider_with(
         Picked::Static(c, name, desc) => Ok((Arc::new(StaticProvider::new(c, name)), desc)),
         Picked::Dynamic(fetch, name, desc) => {
             let desc = with_role(desc);
-            let provider = CachingProvider::start(fetch, name, desc.clone(), opts.cache)?;
+            let provider = CachingProvider::start_counted(
+                fetch,
+                name,
+                desc.clone(),
+                opts.cache,
+                opts.stats.clone(),
+            )?;
             Ok((Arc::new(provider), desc))
         }
         Picked::Nothing(why) => Ok((Arc::new(UnavailableCredentials::new(why.clone())), why)),

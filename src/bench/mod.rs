@@ -1,0 +1,960 @@
+//! `xrayd bench`: drives a daemon (xrayd itself by default, or any X-Ray daemon through a command
+//! template) with a UDP load generator and an in-process fake X-Ray, steps through rates and
+//! reports, per step, what was offered and delivered, where the losses happened (kernel vs
+//! daemon), CPU per delivered segment, memory and delivery latency, plus the zero-loss
+//! throughput. `--raw` measures a do-nothing `recvmmsg` receiver under the same load instead: the
+//! machine's limit. A progress line per step and a table go to stderr, JSON to stdout.
+//!
+//! Pieces: [`segment`] (documents with a sequence number and send time), [`pace`] and [`sender`]
+//! (the load), [`fake`] (the X-Ray stand-in), [`process`] (the daemon's life), [`raw`],
+//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table).
+
+pub mod fake;
+pub mod pace;
+pub mod process;
+pub mod procfs;
+pub mod raw;
+pub mod report;
+pub mod segment;
+pub mod sender;
+pub mod sys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use fake::{FakeXray, Faults};
+use report::{Json, Row, obj};
+use segment::Template;
+use sender::{SendConfig, SendReport};
+
+/// Usage text of `xrayd bench`.
+pub fn usage() -> &'static str {
+    "Usage: xrayd bench [options]
+
+Benchmarks an X-Ray daemon: sends benchmark segments over UDP at each rate, receives the uploads
+in an in-process fake X-Ray, and reports per step what was offered and delivered, kernel and
+daemon drops, CPU µs per delivered segment, idle and peak RSS, delivery latency p50/p99, and the
+zero-loss throughput (fastest step losing < 0.1 %). A progress line per step and a table go to
+stderr; JSON to stdout. Each step runs a fresh daemon.
+
+Load:
+  --rates LIST            segments/s per step, comma-separated; 0 = unpaced (default 10000,50000,100000,200000,300000)
+  --duration D            sending time per step (default 5s)
+  --count N               send exactly N segments per step instead (at the step's rate)
+  --size BYTES            datagram size, header included (default 1000)
+  --batch N               messages per sendmmsg call (default 64)
+  --gso                   send with UDP GSO (falls back to plain sendmmsg when unsupported)
+
+Target:
+  --daemon-cmd TEMPLATE   daemon command, split on spaces. Placeholders: {udp} (127.0.0.1:PORT),
+                          {udp_port}, {endpoint} (http://127.0.0.1:PORT), {endpoint_port}. Without
+                          {udp} it names an xrayd-compatible program and these are appended:
+                          -b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoint {endpoint}
+                          (default: this executable)
+  --raw                   no daemon: a do-nothing recvmmsg receiver thread (the machine's limit)
+  --receive-buffer BYTES  SO_RCVBUF of the --raw receiver (default 4194304, as xrayd)
+  --pin                   daemon on the last CPU, load generator and fake X-Ray on the others
+  --daemon-cpus LIST      pin the daemon (or --raw receiver) to these CPUs, e.g. 1 or 2-3
+  --load-cpus LIST        pin the load generator and the fake X-Ray to these CPUs
+  --label TEXT            name of the target in the table and JSON
+
+Fake X-Ray faults:
+  --fault-500 F           fraction of PutTraceSegments calls answered 500 InternalFailure
+  --fault-429 F           fraction answered 429 ThrottledException
+  --fault-unprocessed F   fraction of documents of accepted calls returned as unprocessed
+  --fault-delay D         delay before every PutTraceSegments answer, e.g. 20ms
+  --seed N                seed of the fault draws (default 1)
+  --fake-port PORT        TCP port of the fake X-Ray (default: any free port)
+
+Timing:
+  --idle D                wait after start-up before measuring idle RSS (default 1s)
+  --drain-idle D          stop waiting for deliveries after this long without progress (default 3s)
+  --drain-timeout D       longest wait for deliveries after sending (default 60s)
+  --keep-logs DIR         keep each step's daemon output in DIR
+"
+}
+
+/// Everything `xrayd bench` can be told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rates: Vec<u64>,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub size: usize,
+    pub batch: usize,
+    pub gso: bool,
+    pub daemon_cmd: Option<String>,
+    pub raw: bool,
+    pub receive_buffer: usize,
+    pub daemon_cpus: Vec<usize>,
+    pub load_cpus: Vec<usize>,
+    pub label: Option<String>,
+    pub faults: Faults,
+    pub fake_port: u16,
+    pub idle: Duration,
+    pub drain_idle: Duration,
+    pub drain_timeout: Duration,
+    pub keep_logs: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rates: vec![10_000, 50_000, 100_000, 200_000, 300_000],
+            duration: Duration::from_secs(5),
+            count: None,
+            size: 1000,
+            batch: 64,
+            gso: false,
+            daemon_cmd: None,
+            raw: false,
+            receive_buffer: 4 * 1024 * 1024,
+            daemon_cpus: Vec::new(),
+            load_cpus: Vec::new(),
+            label: None,
+            faults: Faults {
+                seed: 1,
+                ..Faults::default()
+            },
+            fake_port: 0,
+            idle: Duration::from_secs(1),
+            drain_idle: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(60),
+            keep_logs: None,
+        }
+    }
+}
+
+/// `5s`, `250ms`, `1.5s`, `2m`, `100us`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use us, ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `0,2-3` → [0, 2, 3].
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list {s:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("empty CPU list {s:?}"));
+    }
+    Ok(out)
+}
+
+/// Rates with `k` suffixes allowed: `10k,250000`.
+fn parse_rates(s: &str) -> Result<Vec<u64>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (n, mult) = match r.strip_suffix(['k', 'K']) {
+                Some(n) => (n, 1000.0),
+                None => (r, 1.0),
+            };
+            n.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| (v * mult) as u64)
+                .ok_or_else(|| format!("bad rate {r:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err("--rates is empty".into())
+            } else {
+                Ok(v)
+            }
+        })
+}
+
+fn parse_fraction(name: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| format!("--{name} wants a fraction between 0 and 1, got {v:?}"))
+}
+
+/// Online CPUs of the machine (not just those this process may use).
+fn online_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()).ok())
+        .unwrap_or_else(|| {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        })
+}
+
+/// Parses `xrayd bench` arguments (without `bench`). Ok(None) for `--help`.
+pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    let mut o = Options::default();
+    let mut pin = false;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        let name = arg.trim_start_matches('-');
+        if name.len() == arg.len() {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+        let (name, inline) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (name, None),
+        };
+        let flag = |inline: &Option<String>| -> Result<(), String> {
+            match inline {
+                Some(_) => Err(format!("--{name} takes no value")),
+                None => Ok(()),
+            }
+        };
+        match name {
+            "h" | "help" => return Ok(None),
+            "gso" => {
+                flag(&inline)?;
+                o.gso = true;
+                continue;
+            }
+            "raw" => {
+                flag(&inline)?;
+                o.raw = true;
+                continue;
+            }
+            "pin" => {
+                flag(&inline)?;
+                pin = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                let v = args
+                    .get(i)
+                    .ok_or_else(|| format!("--{name} needs a value"))?
+                    .clone();
+                i += 1;
+                v
+            }
+        };
+        let num = |v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("--{name} wants a number, got {v:?}"))
+        };
+        match name {
+            "rates" | "rate" => o.rates = parse_rates(&value)?,
+            "duration" => o.duration = parse_duration(&value)?,
+            "count" => o.count = Some(num(&value)?),
+            "size" => o.size = num(&value)? as usize,
+            "batch" => o.batch = (num(&value)? as usize).clamp(1, 1024),
+            "daemon-cmd" => o.daemon_cmd = Some(value),
+            "receive-buffer" => o.receive_buffer = num(&value)? as usize,
+            "daemon-cpus" | "daemon-cpu" => o.daemon_cpus = parse_cpu_list(&value)?,
+            "load-cpus" | "load-cpu" => o.load_cpus = parse_cpu_list(&value)?,
+            "label" => o.label = Some(value),
+            "fault-500" => o.faults.p500 = parse_fraction(name, &value)?,
+            "fault-429" => o.faults.p429 = parse_fraction(name, &value)?,
+            "fault-unprocessed" => o.faults.p_unprocessed = parse_fraction(name, &value)?,
+            "fault-delay" => o.faults.delay = parse_duration(&value)?,
+            "seed" => o.faults.seed = num(&value)?,
+            "fake-port" => {
+                o.fake_port = u16::try_from(num(&value)?).map_err(|_| "--fake-port: bad port")?
+            }
+            "idle" => o.idle = parse_duration(&value)?,
+            "drain-idle" => o.drain_idle = parse_duration(&value)?,
+            "drain-timeout" => o.drain_timeout = parse_duration(&value)?,
+            "keep-logs" => o.keep_logs = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown option --{name}")),
+        }
+    }
+    if o.faults.p500 + o.faults.p429 > 1.0 {
+        return Err("--fault-500 plus --fault-429 is more than 1".into());
+    }
+    if o.raw && o.daemon_cmd.is_some() {
+        return Err("--raw and --daemon-cmd exclude each other".into());
+    }
+    if o.raw && o.faults.any() {
+        return Err("faults need a daemon: drop --raw".into());
+    }
+    if o.count == Some(0) || o.duration.is_zero() && o.count.is_none() {
+        return Err("nothing to send: --count 0 or --duration 0".into());
+    }
+    Template::new(o.size)?;
+    if pin {
+        let cpus = online_cpus();
+        if cpus.len() < 2 {
+            return Err("--pin needs at least 2 CPUs".into());
+        }
+        if o.daemon_cpus.is_empty() {
+            o.daemon_cpus = vec![*cpus.last().unwrap_or(&0)];
+        }
+        if o.load_cpus.is_empty() {
+            o.load_cpus = cpus
+                .iter()
+                .copied()
+                .filter(|c| !o.daemon_cpus.contains(c))
+                .collect();
+        }
+    }
+    Ok(Some(o))
+}
+
+/// Entry point of `xrayd bench ARGS` (`args` without `bench`; a leading `bench` is skipped).
+/// Prints the JSON report on stdout; returns the exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let args: Vec<String> = match args.first().map(String::as_str) {
+        Some("bench") => args[1..].to_vec(),
+        _ => args,
+    };
+    let opts = match parse_args(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{}", usage());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("xrayd bench: {e}\n\n{}", usage());
+            return 2;
+        }
+    };
+    match run(&opts) {
+        Ok(json) => {
+            println!("{}", json.pretty());
+            0
+        }
+        Err(e) => {
+            eprintln!("xrayd bench: {e}");
+            1
+        }
+    }
+}
+
+/// Runs the benchmark described by `args` and returns the JSON report as text (what `main`
+/// prints). For tests and embedding.
+#[doc(hidden)]
+pub fn run_to_json(args: Vec<String>) -> Result<String, String> {
+    let opts = parse_args(&args)?.ok_or("--help given")?;
+    run(&opts).map(|j| j.pretty())
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Default)]
+struct Step {
+    rate: u64,
+    send: SendReport,
+    delivered: u64,
+    unprocessed: u64,
+    duplicates: u64,
+    stale: u64,
+    kernel_drops: Option<u64>,
+    kernel_drops_source: &'static str,
+    snmp_rcvbuf_errors: Option<u64>,
+    cpu_ticks: Option<u64>,
+    idle_rss_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    latencies_us: Vec<u32>,
+    requests: [u64; 5],
+    connections: u64,
+    documents_received: u64,
+    daemon_counts: Vec<(String, u64)>,
+    exit: Option<String>,
+    cpus_allowed: Option<String>,
+    drain_seconds: f64,
+}
+
+impl Step {
+    fn loss(&self) -> f64 {
+        report::loss(self.send.sent, self.delivered, self.unprocessed)
+    }
+
+    /// Lost but not by the kernel: dropped (or still held) by the daemon.
+    fn daemon_drops(&self) -> u64 {
+        self.send
+            .sent
+            .saturating_sub(self.delivered + self.unprocessed + self.kernel_drops.unwrap_or(0))
+    }
+
+    fn cpu_us(&self, hz: u64) -> Option<f64> {
+        report::cpu_us_per_segment(self.cpu_ticks?, hz, self.delivered)
+    }
+
+    fn latency_ms(&self, p: f64) -> Option<f64> {
+        report::percentile(&self.latencies_us, p).map(|us| f64::from(us) / 1000.0)
+    }
+}
+
+fn target_label(o: &Options) -> String {
+    if let Some(l) = &o.label {
+        return l.clone();
+    }
+    if o.raw {
+        return "raw".into();
+    }
+    match &o.daemon_cmd {
+        None => "xrayd".into(),
+        Some(c) => {
+            let prog = c
+                .split_whitespace()
+                .find(|w| {
+                    !matches!(*w, "taskset" | "env")
+                        && !w.starts_with('-')
+                        && parse_cpu_list(w).is_err()
+                })
+                .unwrap_or("daemon");
+            prog.rsplit('/').next().unwrap_or(prog).to_string()
+        }
+    }
+}
+
+/// Runs every step and builds the report.
+pub fn run(o: &Options) -> Result<Json, String> {
+    let template = Template::new(o.size)?;
+    if !o.load_cpus.is_empty() {
+        sys::pin_current_thread(&o.load_cpus)
+            .map_err(|e| format!("cannot pin to CPUs {:?}: {e}", o.load_cpus))?;
+    }
+    let daemon_template = match (&o.daemon_cmd, o.raw) {
+        (_, true) => None,
+        (Some(c), false) => Some(c.clone()),
+        (None, false) => Some(
+            std::env::current_exe()
+                .map_err(|e| format!("cannot find this executable: {e}"))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+    };
+    let fake = match daemon_template {
+        Some(_) => Some(
+            FakeXray::start(o.fake_port, o.faults, o.load_cpus.clone())
+                .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
+        ),
+        None => None,
+    };
+    let log_dir = match &o.keep_logs {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("xrayd-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
+    let label = target_label(o);
+    let hz = sys::clock_ticks();
+    let started = jiff::Timestamp::now();
+    let mut steps = Vec::new();
+    let n = o.rates.len();
+    for (i, &rate) in o.rates.iter().enumerate() {
+        let step_id = (i + 1) as u16;
+        let step = match (&daemon_template, &fake) {
+            (Some(t), Some(f)) => daemon_step(o, &template, t, f, step_id, rate, &log_dir)?,
+            _ => raw_step(o, &template, step_id, rate)?,
+        };
+        eprintln!("{}", progress_line(&label, i + 1, n, &step, hz));
+        steps.push(step);
+    }
+    if o.keep_logs.is_none() {
+        let _ = std::fs::remove_dir_all(&log_dir);
+    }
+    let rows: Vec<Row> = steps.iter().map(|s| row(&label, s, hz)).collect();
+    eprint!("\n{}", report::table(&rows));
+    let zl_input: Vec<(f64, f64)> = steps.iter().map(|s| (s.send.rate(), s.loss())).collect();
+    let zero_loss = report::zero_loss_throughput(&zl_input);
+    let zero_loss_step = steps
+        .iter()
+        .filter(|s| s.loss() < report::ZERO_LOSS)
+        .max_by(|a, b| a.send.rate().total_cmp(&b.send.rate()));
+    match zero_loss {
+        Some(r) => eprintln!(
+            "zero-loss throughput ({label}): {r:.0} segments/s (loss < {} %; before the first lossy step: {})",
+            report::ZERO_LOSS * 100.0,
+            report::zero_loss_throughput_before_first_loss(&zl_input)
+                .map_or("none".to_string(), |r| format!("{r:.0}/s"))
+        ),
+        None => eprintln!("zero-loss throughput ({label}): none of the steps lost less than 0.1 %"),
+    }
+    Ok(obj([
+        ("tool", "xrayd bench".into()),
+        ("version", crate::daemon::VERSION.into()),
+        ("date", started.to_string().into()),
+        ("machine", machine()),
+        ("target", label.as_str().into()),
+        (
+            "config",
+            obj([
+                ("mode", if o.raw { "raw" } else { "daemon" }.into()),
+                ("daemon_cmd", daemon_template.clone().into()),
+                ("size", (o.size as u64).into()),
+                ("duration_s", o.duration.as_secs_f64().into()),
+                ("count", o.count.into()),
+                ("batch", (o.batch as u64).into()),
+                ("gso_requested", o.gso.into()),
+                ("daemon_cpus", cpu_json(&o.daemon_cpus)),
+                ("load_cpus", cpu_json(&o.load_cpus)),
+                ("clock_ticks_per_s", hz.into()),
+                (
+                    "faults",
+                    obj([
+                        ("p500", o.faults.p500.into()),
+                        ("p429", o.faults.p429.into()),
+                        ("unprocessed", o.faults.p_unprocessed.into()),
+                        ("delay_ms", (o.faults.delay.as_secs_f64() * 1e3).into()),
+                        ("seed", o.faults.seed.into()),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            "steps",
+            Json::Arr(steps.iter().map(|s| step_json(s, hz)).collect()),
+        ),
+        ("zero_loss_throughput", zero_loss.into()),
+        (
+            "zero_loss_throughput_before_first_loss",
+            report::zero_loss_throughput_before_first_loss(&zl_input).into(),
+        ),
+        ("zero_loss_rate", zero_loss_step.map(|s| s.rate).into()),
+    ]))
+}
+
+fn cpu_json(cpus: &[usize]) -> Json {
+    Json::Arr(cpus.iter().map(|&c| (c as u64).into()).collect())
+}
+
+fn machine() -> Json {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")?
+            .split_once(':')
+            .map(|x| x.1.trim().to_string())
+    });
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    obj([
+        ("nproc", (online_cpus().len() as u64).into()),
+        ("cpu_model", model.into()),
+        ("kernel", read("/proc/sys/kernel/osrelease").into()),
+        (
+            "rmem_max",
+            read("/proc/sys/net/core/rmem_max")
+                .and_then(|s| s.parse::<u64>().ok())
+                .into(),
+        ),
+    ])
+}
+
+fn step_json(s: &Step, hz: u64) -> Json {
+    let not_refused = s.send.sent.saturating_sub(s.unprocessed);
+    obj([
+        ("rate", s.rate.into()),
+        ("offered", s.send.sent.into()),
+        ("send_seconds", s.send.elapsed.as_secs_f64().into()),
+        ("offered_rate", s.send.rate().into()),
+        ("send_errors", s.send.errors.into()),
+        ("gso", s.send.gso.into()),
+        ("gso_note", s.send.gso_note.clone().into()),
+        ("delivered", s.delivered.into()),
+        ("unprocessed", s.unprocessed.into()),
+        ("duplicates", s.duplicates.into()),
+        ("stale", s.stale.into()),
+        ("loss", s.loss().into()),
+        ("loss_pct", (s.loss() * 100.0).into()),
+        ("kernel_drops", s.kernel_drops.into()),
+        ("kernel_drops_source", s.kernel_drops_source.into()),
+        ("snmp_rcvbuf_errors", s.snmp_rcvbuf_errors.into()),
+        ("daemon_drops", s.daemon_drops().into()),
+        (
+            "delivered_of_not_refused",
+            (if not_refused > 0 {
+                Some(s.delivered as f64 / not_refused as f64)
+            } else {
+                None
+            })
+            .into(),
+        ),
+        (
+            "cpu_seconds",
+            s.cpu_ticks.map(|t| t as f64 / hz as f64).into(),
+        ),
+        ("cpu_us_per_segment", s.cpu_us(hz).into()),
+        ("idle_rss_kib", s.idle_rss_kib.into()),
+        ("peak_rss_kib", s.peak_rss_kib.into()),
+        (
+            "latency_ms",
+            obj([
+                ("p50", s.latency_ms(50.0).into()),
+                ("p99", s.latency_ms(99.0).into()),
+                ("max", s.latency_ms(100.0).into()),
+                ("samples", (s.latencies_us.len() as u64).into()),
+            ]),
+        ),
+        (
+            "requests",
+            obj([
+                ("ok", s.requests[0].into()),
+                ("http_500", s.requests[1].into()),
+                ("http_429", s.requests[2].into()),
+                ("bad", s.requests[3].into()),
+                ("telemetry", s.requests[4].into()),
+                ("connections", s.connections.into()),
+                ("documents", s.documents_received.into()),
+            ]),
+        ),
+        ("drain_seconds", s.drain_seconds.into()),
+        ("daemon_cpus_allowed", s.cpus_allowed.clone().into()),
+        ("daemon_exit", s.exit.clone().into()),
+        (
+            "daemon_counts",
+            Json::Obj(
+                s.daemon_counts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (*v).into()))
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
+fn row(label: &str, s: &Step, hz: u64) -> Row {
+    Row {
+        target: label.to_string(),
+        rate: if s.rate == 0 {
+            "max".into()
+        } else {
+            s.rate.to_string()
+        },
+        achieved: s.send.rate(),
+        offered: s.send.sent,
+        delivered: s.delivered,
+        loss: s.loss(),
+        kernel_drops: s.kernel_drops,
+        daemon_drops: Some(s.daemon_drops()),
+        cpu_us: s.cpu_us(hz),
+        idle_rss_kib: s.idle_rss_kib,
+        peak_rss_kib: s.peak_rss_kib,
+        p50_ms: s.latency_ms(50.0),
+        p99_ms: s.latency_ms(99.0),
+    }
+}
+
+fn progress_line(label: &str, i: usize, n: usize, s: &Step, hz: u64) -> String {
+    let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
+    format!(
+        "[{i}/{n}] {label} @ {}/s: offered {} ({:.0}/s), delivered {}, loss {:.3} % (kernel {}, daemon {}), unprocessed {}, duplicates {}, cpu {} µs/seg, rss idle {} peak {} KiB, latency p50 {} p99 {}",
+        if s.rate == 0 {
+            "max".to_string()
+        } else {
+            s.rate.to_string()
+        },
+        s.send.sent,
+        s.send.rate(),
+        s.delivered,
+        s.loss() * 100.0,
+        s.kernel_drops.map_or("-".into(), |d| d.to_string()),
+        s.daemon_drops(),
+        s.unprocessed,
+        s.duplicates,
+        opt(s.cpu_us(hz), ""),
+        s.idle_rss_kib.map_or("-".into(), |v| v.to_string()),
+        s.peak_rss_kib.map_or("-".into(), |v| v.to_string()),
+        opt(s.latency_ms(50.0), " ms"),
+        opt(s.latency_ms(99.0), " ms"),
+    )
+}
+
+/// Sends one step's load from a thread pinned to the load CPUs.
+fn send_load(
+    o: &Options,
+    template: &Template,
+    target: SocketAddr,
+    step: u16,
+    rate: u64,
+) -> Result<SendReport, String> {
+    let cfg = SendConfig {
+        rate,
+        duration: o.duration,
+        count: o.count,
+        batch: o.batch,
+        gso: o.gso,
+        step,
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if !o.load_cpus.is_empty() {
+                let _ = sys::pin_current_thread(&o.load_cpus);
+            }
+            sender::send(target, template, &cfg, &stop)
+        })
+        .join()
+        .map_err(|_| "the load generator panicked".to_string())?
+        .map_err(|e| format!("load generator: {e}"))
+    })
+}
+
+/// Samples VmRSS of `pid` every 20 ms into `peak` until `stop`.
+fn rss_sampler(
+    pid: u32,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Relaxed) {
+            if let Some(v) = procfs::status_kib(pid, "VmRSS") {
+                peak.fetch_max(v, Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+fn daemon_step(
+    o: &Options,
+    template: &Template,
+    daemon_template: &str,
+    fake: &FakeXray,
+    step_id: u16,
+    rate: u64,
+    log_dir: &std::path::Path,
+) -> Result<Step, String> {
+    fake.begin_step(step_id);
+    let port = process::free_udp_port().map_err(|e| format!("no free UDP port: {e}"))?;
+    let argv = process::command_line(daemon_template, port, &fake.endpoint());
+    let log_path = log_dir.join(format!("step{step_id}-{rate}.log"));
+    let mut daemon = process::Daemon::spawn(&argv, &o.daemon_cpus, log_path)
+        .map_err(|e| format!("cannot start {:?}: {e}", argv.join(" ")))?;
+    if let Err(e) = daemon.wait_listening(port, Duration::from_secs(15)) {
+        let _ = daemon.stop(Duration::from_secs(1));
+        return Err(e);
+    }
+    let pid = daemon.pid;
+    let stat_path = format!("/proc/{pid}/stat");
+    std::thread::sleep(o.idle);
+    let mut step = Step {
+        rate,
+        idle_rss_kib: procfs::status_kib(pid, "VmRSS"),
+        cpus_allowed: procfs::cpus_allowed(pid),
+        ..Step::default()
+    };
+    let peak = Arc::new(AtomicU64::new(step.idle_rss_kib.unwrap_or(0)));
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let sampler = rss_sampler(pid, peak.clone(), stop_sampler.clone());
+    let ticks0 = procfs::cpu_ticks(&stat_path);
+    let snmp0 = procfs::snmp_rcvbuf_errors();
+    let drops0 = procfs::udp_socket_drops(port);
+    let target: SocketAddr = ([127, 0, 0, 1], port).into();
+    let send = send_load(o, template, target, step_id, rate);
+    let send = match send {
+        Ok(s) => s,
+        Err(e) => {
+            stop_sampler.store(true, Relaxed);
+            let _ = sampler.join();
+            let _ = daemon.stop(Duration::from_secs(5));
+            return Err(e);
+        }
+    };
+    let sent_at = Instant::now();
+    // Wait for the daemon to deliver what it received.
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let drops = procfs::udp_socket_drops(port)
+            .zip(drops0)
+            .map_or(0, |(a, b)| a.saturating_sub(b));
+        let (settled, last) = fake.progress();
+        let quiet = sent_at.max(last).elapsed();
+        if settled + drops >= send.sent
+            || quiet >= o.drain_idle
+            || sent_at.elapsed() >= o.drain_timeout
+            || !daemon.alive()
+        {
+            break;
+        }
+    }
+    step.drain_seconds = sent_at.elapsed().as_secs_f64();
+    step.cpu_ticks = procfs::cpu_ticks(&stat_path)
+        .zip(ticks0)
+        .map(|(a, b)| a.saturating_sub(b));
+    let drops1 = procfs::udp_socket_drops(port);
+    let snmp1 = procfs::snmp_rcvbuf_errors();
+    let hwm = procfs::status_kib(pid, "VmHWM");
+    stop_sampler.store(true, Relaxed);
+    let _ = sampler.join();
+    step.peak_rss_kib = Some(peak.load(Relaxed).max(hwm.unwrap_or(0))).filter(|&v| v > 0);
+    step.snmp_rcvbuf_errors = snmp1.zip(snmp0).map(|(a, b)| a.saturating_sub(b));
+    (step.kernel_drops, step.kernel_drops_source) = match drops1.zip(drops0) {
+        Some((a, b)) => (Some(a.saturating_sub(b)), "socket"),
+        None => (step.snmp_rcvbuf_errors, "snmp"),
+    };
+    let (status, log) = daemon.stop(Duration::from_secs(30));
+    step.exit = Some(status.map_or("killed after 30 s".into(), |s| s.to_string()));
+    step.daemon_counts = process::parse_final_counts(&log);
+    // Anything flushed at shutdown counts as delivered too.
+    let t = fake.tally();
+    step.delivered = t.delivered;
+    step.unprocessed = t.unprocessed;
+    step.duplicates = t.duplicates;
+    step.stale = t.stale;
+    step.latencies_us = t.latencies_us;
+    step.requests = [
+        t.requests_ok,
+        t.requests_500,
+        t.requests_429,
+        t.requests_bad,
+        t.telemetry,
+    ];
+    step.documents_received = t.documents;
+    step.connections = t.connections;
+    step.send = send;
+    Ok(step)
+}
+
+fn raw_step(o: &Options, template: &Template, step_id: u16, rate: u64) -> Result<Step, String> {
+    let rx = raw::RawReceiver::start(o.daemon_cpus.clone(), o.receive_buffer)
+        .map_err(|e| format!("cannot start the raw receiver: {e}"))?;
+    let ticks0 = procfs::cpu_ticks(&rx.stat_path);
+    let snmp0 = procfs::snmp_rcvbuf_errors();
+    let drops0 = procfs::udp_socket_drops(rx.port);
+    let target: SocketAddr = ([127, 0, 0, 1], rx.port).into();
+    let send = send_load(o, template, target, step_id, rate)?;
+    let sent_at = Instant::now();
+    let mut last = (rx.received(), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let drops = procfs::udp_socket_drops(rx.port)
+            .zip(drops0)
+            .map_or(0, |(a, b)| a.saturating_sub(b));
+        let got = rx.received();
+        if got != last.0 {
+            last = (got, Instant::now());
+        }
+        if got + drops >= send.sent || last.1.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    let mut step = Step {
+        rate,
+        drain_seconds: sent_at.elapsed().as_secs_f64(),
+        cpu_ticks: procfs::cpu_ticks(&rx.stat_path)
+            .zip(ticks0)
+            .map(|(a, b)| a.saturating_sub(b)),
+        snmp_rcvbuf_errors: procfs::snmp_rcvbuf_errors()
+            .zip(snmp0)
+            .map(|(a, b)| a.saturating_sub(b)),
+        delivered: rx.received(),
+        cpus_allowed: (!o.daemon_cpus.is_empty()).then(|| format!("{:?}", o.daemon_cpus)),
+        ..Step::default()
+    };
+    (step.kernel_drops, step.kernel_drops_source) =
+        match procfs::udp_socket_drops(rx.port).zip(drops0) {
+            Some((a, b)) => (Some(a.saturating_sub(b)), "socket"),
+            None => (step.snmp_rcvbuf_errors, "snmp"),
+        };
+    step.send = send;
+    Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn durations_and_cpu_lists() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
+        assert_eq!(parse_cpu_list("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+
+    #[test]
+    fn parses_the_command_line() {
+        let o = parse_args(&args(
+            "--rates 10k,250000 --duration=2s --size 1000 --gso --daemon-cpus 1 --load-cpus 0 \
+             --fault-500 0.1 --fault-429 0.1 --fault-unprocessed 0.01 --fault-delay 20ms --count 20000",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.rates, [10_000, 250_000]);
+        assert_eq!(o.duration, Duration::from_secs(2));
+        assert!(o.gso && !o.raw);
+        assert_eq!(
+            (o.daemon_cpus.clone(), o.load_cpus.clone()),
+            (vec![1], vec![0])
+        );
+        assert_eq!(o.faults.p500, 0.1);
+        assert_eq!(o.faults.delay, Duration::from_millis(20));
+        assert_eq!(o.count, Some(20_000));
+        assert!(parse_args(&args("--help")).unwrap().is_none());
+        assert!(parse_args(&args("--bogus 1")).is_err());
+        assert!(parse_args(&args("--raw --fault-500 0.5")).is_err());
+        assert!(parse_args(&args("--fault-500 1.5")).is_err());
+        assert!(
+            parse_args(&args("--size 10"))
+                .unwrap_err()
+                .contains("at least")
+        );
+        assert!(parse_args(&args("--rates")).is_err());
+        assert!(parse_args(&args("--gso=1")).is_err());
+        assert!(parse_args(&args("stray")).is_err());
+    }
+
+    #[test]
+    fn labels() {
+        let mut o = Options::default();
+        assert_eq!(target_label(&o), "xrayd");
+        o.daemon_cmd = Some("taskset -c 1 /opt/aws/xray -c x.yaml".into());
+        assert_eq!(target_label(&o), "xray");
+        o.raw = true;
+        assert_eq!(target_label(&o), "raw");
+    }
+
+    #[test]
+    fn raw_mode_measures_a_short_step() {
+        let json = run_to_json(args("--raw --rates 2000 --duration 200ms")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let s = &v["steps"][0];
+        assert_eq!(s["offered"], 400);
+        assert_eq!(s["delivered"], 400);
+        assert_eq!(v["target"], "raw");
+        assert_eq!(s["kernel_drops_source"], "socket");
+    }
+}

@@ -1,0 +1,157 @@
+//! What the harness reads from /proc: CPU time and memory of the daemon, UDP drops of its socket
+//! and of the whole host. Parsers are pure functions of the file's text; readers are one-liners.
+
+use std::fs;
+
+/// utime + stime, in clock ticks, from the text of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`).
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces or ')': skip to the last.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state(3) ppid(4) ... utime(14) stime(15), i.e. 11th and 12th from here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Key:   1234 kB` value of `/proc/PID/status`, in KiB.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(key)?.strip_prefix(':')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A raw value (e.g. `Cpus_allowed_list`) of `/proc/PID/status`.
+pub fn parse_status_str<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// A counter of the `Udp:` table of `/proc/net/snmp` (a header line of names, then one of values).
+pub fn parse_snmp_udp(snmp: &str, name: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let idx = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(idx)?.parse().ok()
+}
+
+/// Sum of the `drops` column of every socket bound to local `port` in the text of
+/// `/proc/net/udp` or `/proc/net/udp6`; None when no socket has that port.
+pub fn parse_udp_drops(table: &str, port: u16) -> Option<u64> {
+    let want = format!("{port:04X}");
+    let mut found = None;
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let Some(local) = cols.get(1) else { continue };
+        let Some((_, p)) = local.rsplit_once(':') else {
+            continue;
+        };
+        if !p.eq_ignore_ascii_case(&want) {
+            continue;
+        }
+        let drops: u64 = cols.last().and_then(|d| d.parse().ok()).unwrap_or(0);
+        *found.get_or_insert(0) += drops;
+    }
+    found
+}
+
+/// utime + stime of a process (or thread, given its stat path), in clock ticks.
+pub fn cpu_ticks(stat_path: &str) -> Option<u64> {
+    parse_stat_cpu_ticks(&fs::read_to_string(stat_path).ok()?)
+}
+
+/// A KiB value of `/proc/PID/status`.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    parse_status_kib(
+        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        key,
+    )
+}
+
+/// The CPUs a process may run on, as the kernel lists them.
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_str(&s, "Cpus_allowed_list").map(str::to_string)
+}
+
+/// Host-wide UDP receive-buffer drops so far.
+pub fn snmp_rcvbuf_errors() -> Option<u64> {
+    parse_snmp_udp(&fs::read_to_string("/proc/net/snmp").ok()?, "RcvbufErrors")
+}
+
+/// Drops of the UDP socket(s) bound to `port`, IPv4 and IPv6 tables together.
+pub fn udp_socket_drops(port: u16) -> Option<u64> {
+    let v4 = fs::read_to_string("/proc/net/udp")
+        .ok()
+        .and_then(|t| parse_udp_drops(&t, port));
+    let v6 = fs::read_to_string("/proc/net/udp6")
+        .ok()
+        .and_then(|t| parse_udp_drops(&t, port));
+    match (v4, v6) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
+}
+
+/// Asks the kernel to restart `VmHWM` (peak RSS) from the current RSS. False when not allowed.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_skips_a_tricky_command_name() {
+        let stat = "4242 (xrayd (a) b) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 37 0 0 20 0 9 0 100 \
+                    12345678 2000 18446744073709551615 1 1 0 0 0 0 0 4096 17475 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(287));
+        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn status_values() {
+        let status =
+            "Name:\txrayd\nVmHWM:\t   10240 kB\nVmRSS:\t    6012 kB\nCpus_allowed_list:\t1\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(6012));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(10240));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+        assert_eq!(parse_status_str(status, "Cpus_allowed_list"), Some("1"));
+    }
+
+    #[test]
+    fn snmp_udp_counter() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 100 2 7 90 5 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 0 0\n";
+        assert_eq!(parse_snmp_udp(snmp, "RcvbufErrors"), Some(5));
+        assert_eq!(parse_snmp_udp(snmp, "InErrors"), Some(7));
+        assert_eq!(parse_snmp_udp(snmp, "Nope"), None);
+    }
+
+    #[test]
+    fn socket_drops_by_port() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          134: 0100007F:07D0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 38116 2 0000000000000000 17\n\
+          135: 0100007F:07D1 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 38117 2 0000000000000000 3\n\
+          136: 0100007F:07D0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 38118 2 0000000000000000 1\n";
+        assert_eq!(parse_udp_drops(table, 2000), Some(18));
+        assert_eq!(parse_udp_drops(table, 2001), Some(3));
+        assert_eq!(parse_udp_drops(table, 2002), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_ticks(&format!("/proc/{me}/stat")).is_some());
+        assert!(status_kib(me, "VmRSS").unwrap() > 0);
+        assert!(cpus_allowed(me).is_some());
+    }
+}
