@@ -319,17 +319,20 @@ pub fn usage() -> String {
     let mut s = String::from(
         "Usage: xrayd [options]\n       xrayd health [--tcp ADDR]\n       xrayd bench [options]\n\nOptions:\n",
     );
-    for f in FLAGS {
+    let left = |f: &Flag| {
         let names = match f.short {
             Some(short) => format!("-{short}, --{}", f.long),
             None => format!("    --{}", f.long),
         };
-        let left = if f.value_name.is_empty() {
+        if f.value_name.is_empty() {
             names
         } else {
             format!("{names} {}", f.value_name)
-        };
-        s.push_str(&format!("  {left:<34} {}\n", f.help));
+        }
+    };
+    let width = FLAGS.iter().map(|f| left(f).len()).max().unwrap_or(0);
+    for f in FLAGS {
+        s.push_str(&format!("  {:<width$}  {}\n", left(f), f.help));
     }
     s
 }
