@@ -1,1 +1,295 @@
-fn main() {}
+//! Benchmarks of the per-segment hot path: validation (simd-json, compared with serde_json on the
+//! same bodies), the ingest → batcher queue (alone and under contention), request-body encoding and
+//! SigV4 signing.
+//!
+//! `cargo bench --bench hot_path` runs everything in a few minutes on 2 cores;
+//! `cargo bench --bench hot_path -- --test` runs each benchmark once (smoke test);
+//! `cargo bench --bench hot_path -- validate` runs one group.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use simd_json::prelude::*;
+use xrayd::aws::credentials::Credentials;
+use xrayd::aws::sigv4::{Scope, sign_headers};
+use xrayd::batch::Batcher;
+use xrayd::ingest::datagram::{Validator, Verdict};
+use xrayd::queue::{EvictOldest, Segment, bounded};
+use xrayd::stats::Stats;
+use xrayd::upload::encode::put_trace_segments_body;
+
+const HEADER: &str = "{\"format\":\"json\",\"version\":1}\n";
+
+/// A segment document shaped like the AWS X-Ray SDK for Python's output (`json.dumps` spacing,
+/// http block, annotations, metadata, subsegments), padded to exactly `size` bytes.
+fn segment_doc(size: usize, seed: u64) -> String {
+    let trace = format!(
+        "1-6b080b26-{:024x}",
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8
+    );
+    let id = format!("{:016x}", seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let subsegment = |i: u64| {
+        format!(
+            concat!(
+                "{{\"id\": \"{:016x}\", \"name\": \"dynamodb-{}\", \"start_time\": 1795689254.080141, ",
+                "\"parent_id\": \"{}\", \"in_progress\": false, \"http\": {{\"response\": {{\"status\": 200}}}}, ",
+                "\"annotations\": {{\"op\": \"PutItem\"}}, \"metadata\": {{\"default\": {{\"table\": \"orders\"}}}}, ",
+                "\"aws\": {{\"operation\": \"PutItem\", \"region\": \"us-east-1\", \"retries\": 0}}, ",
+                "\"trace_id\": \"{}\", \"type\": \"subsegment\", \"namespace\": \"aws\", \"end_time\": 1795689254.080165}}"
+            ),
+            seed ^ (i + 1),
+            i,
+            id,
+            trace
+        )
+    };
+    let build = |subs: u64, pad: usize| {
+        let subsegments: Vec<String> = (0..subs).map(subsegment).collect();
+        format!(
+            concat!(
+                "{{\"id\": \"{id}\", \"name\": \"checkout-service\", \"start_time\": 1795689254.080081, ",
+                "\"in_progress\": false, \"http\": {{\"request\": {{\"url\": \"https://shop.example.com/cart/checkout?id=42\", ",
+                "\"method\": \"POST\", \"user_agent\": \"Mozilla/5.0 (X11; Linux x86_64)\", \"client_ip\": \"203.0.113.7\"}}, ",
+                "\"response\": {{\"status\": 200}}}}, \"annotations\": {{\"customer\": \"c-1234\", \"cart_size\": 7, ",
+                "\"premium\": true}}, \"metadata\": {{\"app\": {{\"note\": \"{pad}\"}}}}, \"aws\": {{\"xray\": ",
+                "{{\"sdk\": \"X-Ray for Python\", \"sdk_version\": \"2.15.0\"}}}}, \"subsegments\": [{subs}], ",
+                "\"trace_id\": \"{trace}\", \"service\": {{\"runtime\": \"CPython\", \"runtime_version\": \"3.11.7\"}}, ",
+                "\"end_time\": 1795689254.0805497}}"
+            ),
+            id = id,
+            pad = "x".repeat(pad),
+            subs = subsegments.join(", "),
+            trace = trace,
+        )
+    };
+    let mut subs = 0;
+    while build(subs + 1, 0).len() <= size {
+        subs += 1;
+    }
+    let base = build(subs, 0).len();
+    assert!(base <= size, "segment skeleton exceeds {size} bytes");
+    let doc = build(subs, size - base);
+    assert_eq!(doc.len(), size);
+    doc
+}
+
+fn datagram(doc: &str) -> Vec<u8> {
+    format!("{HEADER}{doc}").into_bytes()
+}
+
+fn validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validate");
+    for (label, size) in [("1KB", 1024), ("8KB", 8 * 1024)] {
+        let dgram = datagram(&segment_doc(size, 1));
+        group.throughput(Throughput::Bytes(dgram.len() as u64));
+        let mut validator = Validator::new();
+        assert!(matches!(
+            validator.check(&dgram, false),
+            Verdict::Accepted(_)
+        ));
+        group.bench_function(format!("xrayd_simd_json/{label}"), |b| {
+            b.iter(|| {
+                let verdict = validator.check(black_box(&dgram), false);
+                black_box(matches!(verdict, Verdict::Accepted(_)))
+            })
+        });
+        group.bench_function(format!("serde_json_value/{label}"), |b| {
+            b.iter(|| {
+                let d = black_box(&dgram[..]);
+                let nl = d.iter().position(|&b| b == b'\n').unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&d[nl + 1..]).unwrap();
+                black_box(v.is_object())
+            })
+        });
+        // simd-json building a value tree (what an owned parse would cost), for scale.
+        let mut scratch = Vec::with_capacity(dgram.len());
+        group.bench_function(format!("simd_json_borrowed_value/{label}"), |b| {
+            b.iter(|| {
+                let d = black_box(&dgram[..]);
+                let nl = d.iter().position(|&b| b == b'\n').unwrap();
+                scratch.clear();
+                scratch.extend_from_slice(&d[nl + 1..]);
+                let v = simd_json::to_borrowed_value(&mut scratch).unwrap();
+                black_box(v.is_object())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Nothing is held outside the ring in these benchmarks.
+struct NoOlder;
+
+impl EvictOldest for NoOlder {
+    fn evict_oldest(&self) -> Option<Segment> {
+        None
+    }
+}
+
+const QUEUE_SLOTS: usize = 4096;
+const QUEUE_BUDGET: u64 = 64 << 20;
+
+fn queue(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue");
+    let body = segment_doc(1024, 2).into_bytes();
+
+    // Single thread: push 1,000 pre-built segments, then drain them (release as the batcher would).
+    const N: usize = 1000;
+    group.throughput(Throughput::Elements(N as u64));
+    let stats = Arc::new(Stats::default());
+    let (writer, reader) = bounded(QUEUE_SLOTS, QUEUE_BUDGET, stats.clone(), Arc::new(NoOlder));
+    group.bench_function("push_pop_1000", |b| {
+        b.iter_batched(
+            || vec![Segment::new(&body); N],
+            |segments| {
+                for s in segments {
+                    black_box(writer.push(s));
+                }
+                for s in reader.rx.try_iter() {
+                    stats.release(1, s.cost());
+                    black_box(s);
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    assert_eq!(stats.spillover.load(Relaxed), 0);
+    drop((writer, reader));
+
+    // The ingest copy included: Segment::new from a received body, push, pop, free.
+    group.throughput(Throughput::Elements(1));
+    let stats = Arc::new(Stats::default());
+    let (writer, reader) = bounded(QUEUE_SLOTS, QUEUE_BUDGET, stats.clone(), Arc::new(NoOlder));
+    group.bench_function("copy_push_pop_1KB", |b| {
+        b.iter(|| {
+            writer.push(Segment::new(black_box(&body)));
+            let s = reader.rx.try_recv().unwrap();
+            stats.release(1, s.cost());
+            black_box(s)
+        })
+    });
+    drop((writer, reader));
+
+    // Contention: 2 producer threads (copy + push) and 1 consumer (pop + release), `iters` segments.
+    group.bench_function("contended_2p1c_1KB", |b| {
+        b.iter_custom(|iters| {
+            let stats = Arc::new(Stats::default());
+            let (writer, reader) =
+                bounded(QUEUE_SLOTS, QUEUE_BUDGET, stats.clone(), Arc::new(NoOlder));
+            let per_producer = iters.div_ceil(2);
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    let w = writer.clone();
+                    let body = &body;
+                    scope.spawn(move || {
+                        for _ in 0..per_producer {
+                            black_box(w.push(Segment::new(body)));
+                        }
+                    });
+                }
+                drop(writer);
+                // Ends when both producers are done and the ring is empty.
+                for s in reader.rx.iter() {
+                    stats.release(1, s.cost());
+                    black_box(s);
+                }
+            });
+            start.elapsed()
+        })
+    });
+
+    // The batcher on top: 50 segments in, one batch out.
+    group.throughput(Throughput::Elements(50));
+    let now = Instant::now();
+    let mut batcher = Batcher::default();
+    group.bench_function("batcher_50", |b| {
+        b.iter_batched(
+            || vec![Segment::new(&body); 50],
+            |segments| {
+                let mut out = None;
+                for s in segments {
+                    out = batcher.push(s, now).or(out);
+                }
+                black_box(out.expect("50 segments close a batch"))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn fifty_documents() -> Vec<Vec<u8>> {
+    (0..50)
+        .map(|i| segment_doc(1024, 100 + i).into_bytes())
+        .collect()
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let docs = fifty_documents();
+    let total: usize = docs.iter().map(Vec::len).sum();
+    group.throughput(Throughput::Bytes(total as u64));
+    let mut out = Vec::with_capacity(total * 2);
+    group.bench_function("put_trace_segments_body_50x1KB", |b| {
+        b.iter(|| {
+            out.clear();
+            put_trace_segments_body(docs.iter().map(Vec::as_slice), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn sign(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sign");
+    let docs = fifty_documents();
+    let mut body = Vec::new();
+    put_trace_segments_body(docs.iter().map(Vec::as_slice), &mut body);
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let creds = Credentials::new(
+        "AKIDEXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        Some("session-token".to_string()),
+        None,
+        "bench",
+    );
+    let scope = Scope {
+        region: "us-east-1".into(),
+        service: "xray",
+    };
+    let headers = [
+        ("host", "xray.us-east-1.amazonaws.com"),
+        ("content-type", "application/json"),
+    ];
+    let time = SystemTime::now();
+    group.bench_function("sign_headers_50_docs", |b| {
+        b.iter(|| {
+            let h = sign_headers(
+                "POST",
+                "https://xray.us-east-1.amazonaws.com/TraceSegments",
+                &headers,
+                black_box(&body),
+                &creds,
+                &scope,
+                time,
+            )
+            .unwrap();
+            black_box(h)
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = validate, queue, encode, sign
+}
+criterion_main!(benches);
