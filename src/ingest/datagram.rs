@@ -59,19 +59,33 @@ pub enum Verdict<'a> {
     Rejected(Rejection),
 }
 
-/// Validates datagrams, reusing one scratch buffer (simd-json parses in place).
-#[derive(Default)]
+/// The header every SDK we know sends, in its two spellings: recognised without parsing.
+const CANONICAL_HEADERS: [&[u8]; 2] = [
+    br#"{"format":"json","version":1}"#,
+    br#"{"format": "json", "version": 1}"#,
+];
+
+/// Validates datagrams, reusing its scratch buffer, simd-json buffers and tape across calls
+/// (simd-json parses in place, so the exact input is never touched).
 pub struct Validator {
     scratch: Vec<u8>,
-    buffers: Option<simd_json::Buffers>,
+    buffers: simd_json::Buffers,
+    tape: simd_json::Tape<'static>,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Validator {
     /// A validator with scratch space for the largest document.
     pub fn new() -> Self {
         Validator {
-            scratch: Vec::with_capacity(MAX_DOCUMENT_BYTES + 64),
-            buffers: Some(simd_json::Buffers::new(MAX_DOCUMENT_BYTES)),
+            scratch: Vec::with_capacity(MAX_DOCUMENT_BYTES + simd_json::INPUT_PADDING),
+            buffers: simd_json::Buffers::new(MAX_DOCUMENT_BYTES),
+            tape: simd_json::Tape::null(),
         }
     }
 
@@ -107,6 +121,9 @@ impl Validator {
         if header.len() > 1024 {
             return false;
         }
+        if CANONICAL_HEADERS.contains(&header) {
+            return true;
+        }
         self.with_tape(header, header_fields_ok).unwrap_or(false)
     }
 
@@ -117,15 +134,22 @@ impl Validator {
         .unwrap_or(false)
     }
 
-    /// Parses `input` (copied into the scratch buffer) into a simd-json tape and applies `f`.
+    /// Parses `input` (copied into the padded scratch buffer) into a simd-json tape and applies `f`.
     fn with_tape<R>(&mut self, input: &[u8], f: impl FnOnce(&[Node<'_>]) -> R) -> Option<R> {
         self.scratch.clear();
         self.scratch.extend_from_slice(input);
-        let buffers = self
-            .buffers
-            .get_or_insert_with(|| simd_json::Buffers::new(input.len()));
-        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, buffers).ok()?;
-        Some(f(&tape.0))
+        self.scratch
+            .resize(input.len() + simd_json::INPUT_PADDING, b' ');
+        let mut tape = std::mem::replace(&mut self.tape, simd_json::Tape::null()).reset();
+        let parsed = simd_json::fill_tape_padded(
+            &mut self.scratch,
+            input.len(),
+            &mut self.buffers,
+            &mut tape,
+        );
+        let result = parsed.ok().map(|()| f(&tape.0));
+        self.tape = tape.reset();
+        result
     }
 }
 
@@ -274,6 +298,24 @@ mod tests {
         assert_eq!(check(&d), Verdict::Rejected(Rejection::BadJson));
         let d = format!("{h}{{}}");
         assert_eq!(check(d.as_bytes()), Verdict::Accepted(b"{}"));
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_valid_json() {
+        // SDKs put big numbers in metadata (Python: 2**64); the document is valid JSON.
+        for n in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+        ] {
+            let d = format!("{{\"format\":\"json\",\"version\":1}}\n{{\"n\":{n}}}");
+            let body = format!("{{\"n\":{n}}}");
+            assert_eq!(
+                check(d.as_bytes()),
+                Verdict::Accepted(body.as_bytes()),
+                "{n}"
+            );
+        }
     }
 
     #[test]
