@@ -74,7 +74,13 @@ impl XrayClient {
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(cfg.timeout))
+            // Per-phase timeouts rather than a global one: with a global timeout ureq resolves
+            // the host on a new thread for every request, even when a pooled connection is reused.
+            .timeout_connect(Some(cfg.timeout))
+            .timeout_send_request(Some(cfg.timeout))
+            .timeout_send_body(Some(cfg.timeout))
+            .timeout_recv_response(Some(cfg.timeout))
+            .timeout_recv_body(Some(cfg.timeout))
             .max_idle_connections(cfg.max_idle.max(1))
             .max_idle_connections_per_host(cfg.max_idle.max(1))
             .user_agent(cfg.user_agent.as_str())
