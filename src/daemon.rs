@@ -152,7 +152,7 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         stats.clone(),
         xray.map(|x| x as Arc<dyn crate::telemetry::Transport>),
     );
-    let backlog = Arc::new(Backlog::new(stats.clone()));
+    let backlog = Arc::new(Backlog::new());
     let (writer, reader) = queue::bounded(
         ring_slots(s.budget_bytes),
         s.budget_bytes,
@@ -247,13 +247,11 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         let _ = done_tx.send(());
     });
     if done_rx.recv_deadline(deadline).is_err() {
-        let left = stats.snapshot().segments_held;
-        backlog.drain_all();
-        stats
-            .dropped_at_shutdown
-            .fetch_add(left, std::sync::atomic::Ordering::Relaxed);
+        // Queued, awaiting retry, or in flight with an unknown outcome: all counted as dropped,
+        // and a late answer to an in-flight call is not counted again.
+        let left = stats.abandon_held();
         crate::warn!(
-            "Shutdown timeout of {:.1} seconds reached: dropped {left} segments that were still buffered",
+            "Shutdown timeout of {:.1} seconds reached: dropped {left} segments that were still buffered or in flight",
             s.shutdown_timeout.as_secs_f64()
         );
     }

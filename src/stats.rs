@@ -79,6 +79,9 @@ pub struct Stats {
     pub bytes_held: AtomicU64,
     /// Segments currently held.
     pub segments_held: AtomicU64,
+    /// True once the daemon gave up on what it still held at the shutdown deadline. Outcomes are
+    /// recorded under this lock, so a late answer is never counted on top of the drop.
+    settled: Mutex<bool>,
     /// Batches being delivered right now (between [`Stats::upload_started`] and
     /// [`Stats::upload_finished`]).
     pub batches_in_flight: AtomicU64,
@@ -237,6 +240,24 @@ impl Stats {
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect()
+    }
+
+    /// Locks the right to record the outcome of held segments; `None` once everything still held
+    /// was counted as dropped at shutdown ([`Stats::abandon_held`]).
+    pub fn record_outcome(&self) -> Option<parking_lot::MutexGuard<'_, bool>> {
+        let guard = self.settled.lock();
+        (!*guard).then_some(guard)
+    }
+
+    /// At the shutdown deadline: counts everything still held (queued, batched, awaiting retry,
+    /// or in flight with an unknown outcome) as dropped at shutdown, and returns how many.
+    pub fn abandon_held(&self) -> u64 {
+        let mut settled = self.settled.lock();
+        *settled = true;
+        let left = self.segments_held.swap(0, Relaxed);
+        self.bytes_held.store(0, Relaxed);
+        self.dropped_at_shutdown.fetch_add(left, Relaxed);
+        left
     }
 
     /// Copies every counter.

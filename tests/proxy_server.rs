@@ -769,7 +769,7 @@ fn readyz_follows_the_upload_pipeline() {
 
     let fake = FakeSampling::start();
     let stats = Arc::new(Stats::default());
-    let backlog = Arc::new(Backlog::new(stats.clone()));
+    let backlog = Arc::new(Backlog::new());
     let (writer, reader) = queue::bounded(1024, 8 << 20, stats.clone(), backlog.clone());
     {
         let backlog = backlog.clone();

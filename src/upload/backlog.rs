@@ -6,14 +6,12 @@
 //! it takes the oldest segments from here first ([`EvictOldest`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::batch::Batch;
 use crate::queue::{EvictOldest, Segment};
-use crate::stats::Stats;
 
 /// Consecutive failures after which fresh batches wait for the backoff too.
 pub const GATE_AFTER_FAILURES: u32 = 3;
@@ -42,16 +40,20 @@ struct Inner {
 pub struct Backlog {
     inner: Mutex<Inner>,
     ready: Condvar,
-    stats: Arc<Stats>,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Backlog {
-    /// An empty backlog reporting evictions to `stats`.
-    pub fn new(stats: Arc<Stats>) -> Self {
+    /// An empty backlog.
+    pub fn new() -> Self {
         Backlog {
             inner: Mutex::new(Inner::default()),
             ready: Condvar::new(),
-            stats,
         }
     }
 
@@ -135,22 +137,6 @@ impl Backlog {
         let i = self.inner.lock();
         (i.fresh.len(), i.retry.len(), i.in_flight)
     }
-
-    /// Removes everything waiting (shutdown deadline); returns the segments dropped.
-    pub fn drain_all(&self) -> u64 {
-        let mut inner = self.inner.lock();
-        let mut n = 0;
-        let inner = &mut *inner;
-        for b in inner
-            .fresh
-            .drain(..)
-            .chain(inner.retry.drain(..).map(|p| p.batch))
-        {
-            self.stats.release(b.len() as u64, b.cost);
-            n += b.len() as u64;
-        }
-        n
-    }
 }
 
 fn take_due(inner: &mut Inner, now: Instant) -> Option<Pending> {
@@ -226,7 +212,7 @@ mod tests {
 
     #[test]
     fn fresh_in_order_then_drained_and_closed() {
-        let bl = Backlog::new(Arc::new(Stats::default()));
+        let bl = Backlog::new();
         bl.push_fresh(batch(&[1, 2]));
         bl.push_fresh(batch(&[3]));
         bl.close();
@@ -241,7 +227,7 @@ mod tests {
 
     #[test]
     fn due_retries_go_first_and_not_before_is_respected() {
-        let bl = Backlog::new(Arc::new(Stats::default()));
+        let bl = Backlog::new();
         bl.push_fresh(batch(&[1]));
         let p = bl.take().unwrap();
         let now = Instant::now();
@@ -268,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_failure_streak_gates_fresh_batches() {
-        let bl = Backlog::new(Arc::new(Stats::default()));
+        let bl = Backlog::new();
         let far = Instant::now() + Duration::from_secs(3600);
         for i in 0..GATE_AFTER_FAILURES as u8 {
             bl.push_fresh(batch(&[i]));
@@ -304,7 +290,7 @@ mod tests {
 
     #[test]
     fn eviction_takes_retry_data_first_then_fresh_oldest_first() {
-        let bl = Backlog::new(Arc::new(Stats::default()));
+        let bl = Backlog::new();
         bl.push_fresh(batch(&[1, 2]));
         let p = bl.take().unwrap();
         let later = Instant::now() + Duration::from_secs(60);

@@ -47,6 +47,10 @@ impl Uploader {
         let delivery = self.sink.deliver(&p.batch, scratch);
         let delivered = matches!(delivery, Delivery::Delivered { .. });
         self.stats.upload_finished(started.elapsed(), delivered);
+        let Some(_recording) = self.stats.record_outcome() else {
+            // The shutdown deadline passed during this call: already counted as dropped.
+            return;
+        };
         match delivery {
             Delivery::Delivered { unprocessed } => {
                 let secs = started.elapsed().as_secs_f64();
