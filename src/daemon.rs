@@ -100,7 +100,13 @@ fn build_sink(
         region: region.to_string(),
         user_agent: user_agent(env),
         timeout: s.upload_timeout,
-        proxy: s.proxy.clone(),
+        // NO_PROXY (and loopback endpoints) bypass the outbound proxy, as in the AWS SDKs.
+        proxy: crate::aws::http::proxy_for(
+            &endpoint.url,
+            s.proxy.as_deref(),
+            env("NO_PROXY").or_else(|| env("no_proxy")).as_deref(),
+        )
+        .map(str::to_string),
         max_idle: s.concurrency,
         no_verify_ssl: s.no_verify_ssl,
     };

@@ -6,7 +6,7 @@ pub mod container;
 pub mod credentials;
 pub mod endpoint;
 pub mod fetch;
-mod http;
+pub(crate) mod http;
 pub mod imds;
 pub mod process;
 pub mod profile;
