@@ -45,6 +45,10 @@ pub fn escape_json_string(raw: &[u8], out: &mut Vec<u8>) {
             n += 8;
         }
     }
+    if n + 8 * 6 > CHUNK {
+        out.extend_from_slice(&buf[..n]);
+        n = 0;
+    }
     for &b in words.remainder() {
         n = put_escaped(&mut buf, n, b);
     }
@@ -243,6 +247,24 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn escaping_a_long_tail_after_a_full_buffer() {
+        // Regression (found by the encode fuzz target): the stack buffer was not flushed before
+        // the last partial word, so escapes there could run past its end.
+        for len in 1000..1100 {
+            let mut raw = vec![b'a'; len];
+            let tail = len - len % 8;
+            for b in &mut raw[tail..] {
+                *b = 0x01;
+            }
+            let mut out = Vec::new();
+            escape_json_string(&raw, &mut out);
+            let decoded: String =
+                serde_json::from_slice(&[b"\"", &out[..], b"\""].concat()).unwrap();
+            assert_eq!(decoded.as_bytes(), &raw[..], "len {len}");
         }
     }
 
