@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod ingest;
+pub mod json;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

@@ -10,6 +10,7 @@
 //! dropped and counted, and the writer reports how many. Write errors are counted, never raised.
 //! [`flush`] waits (bounded) for queued lines to be written, for the end of the process.
 
+use crate::json::json_string;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -327,27 +328,6 @@ fn json_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Argumen
     }
     line.push_str("}\n");
     line
-}
-
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn now_local() -> jiff::Zoned {

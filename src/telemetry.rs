@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::aws::imds::{self, ImdsClient};
 use crate::config::Settings;
-use crate::log::json_string;
+use crate::json::json_string;
 use crate::stats::{BackendError, Snapshot, Stats};
 use crate::upload::encode::error_type;
 use crate::upload::sink::XraySink;

@@ -122,7 +122,7 @@ impl Json {
                     let _ = write!(out, "{r}");
                 }
             }
-            Json::Str(s) => write_str(out, s),
+            Json::Str(s) => crate::json::push_json_string(out, s),
             Json::Arr(items) if items.is_empty() => out.push_str("[]"),
             Json::Arr(items) => {
                 out.push('[');
@@ -141,7 +141,7 @@ impl Json {
                 for (i, (k, v)) in pairs.iter().enumerate() {
                     out.push_str(if i == 0 { "\n" } else { ",\n" });
                     pad(out, indent + 1);
-                    write_str(out, k);
+                    crate::json::push_json_string(out, k);
                     out.push_str(": ");
                     v.write(out, indent + 1);
                 }
@@ -157,24 +157,6 @@ fn pad(out: &mut String, indent: usize) {
     for _ in 0..indent {
         out.push_str("  ");
     }
-}
-
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// One row of the human table.

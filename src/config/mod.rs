@@ -413,30 +413,10 @@ fn get_flag(f: &flags::Parsed, long: &str) -> Option<String> {
     non_empty(f.get(long).map(str::to_string))
 }
 
-/// Quotes a string the way YAML (and JSON) double-quoted scalars are written.
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The effective settings as a cfg.yaml (`--print-config`): every key of the contract's table,
 /// after flags, config files, environment and defaults were applied.
 pub fn render(s: &Settings) -> String {
-    let opt = |v: &Option<String>| quote(v.as_deref().unwrap_or(""));
+    let opt = |v: &Option<String>| crate::json::json_string(v.as_deref().unwrap_or(""));
     let files = if s.config_files.is_empty() {
         "none".to_string()
     } else {
@@ -461,10 +441,10 @@ pub fn render(s: &Settings) -> String {
         concurrency = s.concurrency,
         endpoint = opt(&s.endpoint),
         region = opt(&s.region),
-        udp = quote(&s.udp_addr.to_string()),
-        tcp = quote(&s.tcp_addr),
+        udp = crate::json::json_string(&s.udp_addr.to_string()),
+        tcp = crate::json::json_string(&s.tcp_addr),
         rotation = s.log_rotation,
-        level = quote(s.log_level.name()),
+        level = crate::json::json_string(s.log_level.name()),
         path = opt(&s.log_file),
         local = s.local_mode,
         resource = opt(&s.resource_arn),

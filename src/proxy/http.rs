@@ -465,8 +465,8 @@ impl Response {
     pub fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
         let body = format!(
             "{{\"__type\":{},\"message\":{}}}",
-            json_string(error_type),
-            json_string(message)
+            crate::json::json_string(error_type),
+            crate::json::json_string(message)
         );
         let mut r = Response::new(status, "application/json", body);
         r.headers.push(("x-amzn-ErrorType", error_type.to_string()));
@@ -484,25 +484,6 @@ impl Response {
         self.close = true;
         self
     }
-}
-
-/// A JSON string literal for `s`.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The reason phrase of a status.
