@@ -74,22 +74,7 @@ impl SendBatch {
 /// Turns UDP GSO on for every send of `fd`: each message is cut into datagrams of `size` bytes by
 /// the kernel (`0` turns it off). Fails with `ENOPROTOOPT` on kernels without it.
 pub fn set_udp_segment(fd: RawFd, size: u16) -> io::Result<()> {
-    let value = libc::c_int::from(size);
-    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from `value`, a live c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            UDP_SEGMENT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::ingest::recvmmsg::setsockopt_int(fd, libc::SOL_UDP, UDP_SEGMENT, libc::c_int::from(size))
 }
 
 /// Pins the calling thread to `cpus`. Threads and processes it starts afterwards inherit the mask.

@@ -87,9 +87,9 @@ impl RecvBatch {
 /// kernel caps at `net.core.rmem_max`) and returns the size the kernel granted.
 pub fn set_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<usize> {
     let want = bytes.min(i32::MAX as usize / 2) as libc::c_int;
-    let forced = setsockopt_int(fd, libc::SO_RCVBUFFORCE, want);
+    let forced = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want);
     if forced.is_err() {
-        setsockopt_int(fd, libc::SO_RCVBUF, want)?;
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)?;
     }
     let mut got: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -109,12 +109,18 @@ pub fn set_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<usize> {
     Ok(got.max(0) as usize)
 }
 
-fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+/// Sets an integer socket option at `level` (`SOL_SOCKET`, `SOL_UDP`, ...).
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from `value`, a live c_int.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
