@@ -31,6 +31,15 @@ fn secret_values(data: &[u8]) -> (Vec<String>, String) {
     (out, exp)
 }
 
+/// Words the error messages contain whatever the input: field names and fixed phrases.
+const FIXED_TEXT: &[&str] = &[
+    "the answer has no AccessKeyId",
+    "the answer has no SecretAccessKey",
+    "the answer is not a JSON document",
+    "the answer is not a JSON object",
+    "SessionToken Token Expiration Code Message",
+];
+
 fuzz_target!(|data: &[u8]| {
     let (secrets, expiration) = secret_values(data);
     for token_field in ["Token", "SessionToken"] {
@@ -54,9 +63,12 @@ fuzz_target!(|data: &[u8]| {
                     _ => full.clone(),
                 };
                 for s in &secrets {
+                    // Only values that cannot be words of the fixed message text count
+                    // ("ccessKey" is a secret the fuzzer picked, and part of "AccessKeyId").
                     if s.len() >= 8
                         && !expiration.contains(s.as_str())
                         && !WHAT.contains(s.as_str())
+                        && !FIXED_TEXT.iter().any(|t| t.contains(s.as_str()))
                     {
                         assert!(
                             !msg.contains(s.as_str()),

@@ -43,12 +43,14 @@ pub fn parse_expiration(s: &str) -> Result<SystemTime, String> {
     let s = s.trim();
     let ts: jiff::Timestamp = s
         .parse()
-        .map_err(|_| format!("Expiration {:?} is not an RFC 3339 timestamp", excerpt(s)))?;
+        // The value is not quoted back: a malformed answer could carry anything in that field.
+        .map_err(|_| {
+            format!(
+                "Expiration is not an RFC 3339 timestamp ({} characters)",
+                s.chars().count()
+            )
+        })?;
     Ok(SystemTime::from(ts))
-}
-
-fn excerpt(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 /// Reads the JSON credentials document of the container endpoint, IMDS (`Token`) or a
@@ -120,6 +122,9 @@ mod tests {
         assert_eq!(parse_expiration("2026-01-02T03:04:05.000Z").unwrap(), t);
         assert_eq!(parse_expiration("2026-01-02T04:04:05+01:00").unwrap(), t);
         assert!(parse_expiration("tomorrow").is_err());
+        // A malformed answer may carry anything in that field: it is never quoted back.
+        let e = parse_expiration("SEKRIT-token-material").unwrap_err();
+        assert!(!e.contains("SEKRIT"), "{e}");
     }
 
     #[test]
