@@ -55,17 +55,6 @@ impl Batch {
         self.cost -= s.cost();
         Some(s)
     }
-
-    /// Keeps only the segments for which `keep` is true (used for partially failed batches).
-    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
-        let mut i = 0;
-        self.segments.retain(|_| {
-            let k = keep(i);
-            i += 1;
-            k
-        });
-        self.cost = self.segments.iter().map(Segment::cost).sum();
-    }
 }
 
 /// The batching state machine.
@@ -204,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn pop_oldest_and_retain_keep_cost_right() {
+    fn pop_oldest_keeps_cost_right() {
         let t0 = Instant::now();
         let mut b = Batcher::new(3, FLUSH_INTERVAL);
         b.push(seg(1), t0);
@@ -212,7 +201,7 @@ mod tests {
         let mut batch = b.push(seg(333), t0).unwrap();
         assert_eq!(batch.pop_oldest(), Some(seg(1)));
         assert_eq!(batch.cost, seg(22).cost() + seg(333).cost());
-        batch.retain(|i| i == 1);
+        assert_eq!(batch.pop_oldest(), Some(seg(22)));
         assert_eq!(batch.segments, vec![seg(333)]);
         assert_eq!(batch.cost, seg(333).cost());
     }

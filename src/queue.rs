@@ -138,11 +138,6 @@ impl QueueWriter {
     }
 }
 
-/// A budget in bytes: `-m` megabytes, or the default derived from the host.
-pub fn budget_bytes(megabytes: u64) -> u64 {
-    megabytes * 1024 * 1024
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
