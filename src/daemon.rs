@@ -177,9 +177,10 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     };
     crate::info!("Listening for segments on UDP {}", listener.local_addr);
     crate::info!(
-        "UDP receive buffer: {} bytes granted (asked for {})",
+        "UDP receive buffer: {} bytes granted (asked for {}); UDP GRO {}",
         listener.receive_buffer,
-        s.receive_buffer
+        s.receive_buffer,
+        if listener.gro { "on" } else { "unavailable" }
     );
     if let Some(u) = &upstream {
         crate::info!("HTTP Proxy server using X-Ray Endpoint : {}", u.endpoint());

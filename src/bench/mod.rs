@@ -54,7 +54,8 @@ Target:
                           {udp} it names an xrayd-compatible program and these are appended:
                           -b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoint {endpoint}
                           (default: this executable)
-  --raw                   no daemon: a do-nothing recvmmsg receiver thread (the machine's limit)
+  --raw                   no daemon: a do-nothing recvmmsg receiver thread with xrayd's socket
+                          set-up (receive buffer, UDP GRO): the machine's limit
   --receive-buffer BYTES  SO_RCVBUF of the --raw receiver (default 4194304, as xrayd)
   --pin                   daemon on the last CPU, load generator and fake X-Ray on the others
   --daemon-cpus LIST      pin the daemon (or --raw receiver) to these CPUs, e.g. 1 or 2-3
@@ -818,6 +819,17 @@ fn daemon_step(
     let (status, log) = daemon.stop(Duration::from_secs(30));
     step.exit = Some(status.map_or("killed after 30 s".into(), |s| s.to_string()));
     step.daemon_counts = process::parse_final_counts(&log);
+    // The socket's drop counter counts kernel buffers, and a GSO sender's buffer holds many
+    // segments: when the daemon reports what it received, what it never received is exact.
+    if let Some(received) = step
+        .daemon_counts
+        .iter()
+        .find(|(k, _)| k == "received")
+        .map(|&(_, v)| v)
+    {
+        step.kernel_drops = Some(send.sent.saturating_sub(received));
+        step.kernel_drops_source = "daemon";
+    }
     // Anything flushed at shutdown counts as delivered too.
     let t = fake.tally();
     step.delivered = t.delivered;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::ingest::RECV_BATCH;
-use crate::ingest::recvmmsg::{DATAGRAM_BUFFER, RecvBatch, set_receive_buffer};
+use crate::ingest::recvmmsg::{DATAGRAM_BUFFER, RecvBatch, enable_gro, set_receive_buffer};
 
 /// A running receiver thread.
 pub struct RawReceiver {
@@ -34,6 +34,8 @@ impl RawReceiver {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.set_nonblocking(true)?;
         let granted = set_receive_buffer(socket.as_raw_fd(), receive_buffer)?;
+        // The same socket set-up as xrayd's ingest, so the limit is measured like for like.
+        let _ = enable_gro(socket.as_raw_fd());
         let port = socket.local_addr()?.port();
         let count = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));

@@ -43,6 +43,8 @@ pub struct Listener {
     pub local_addr: SocketAddr,
     /// The receive buffer the kernel granted, in bytes.
     pub receive_buffer: usize,
+    /// Whether the kernel coalesces datagrams for us (UDP GRO).
+    pub gro: bool,
 }
 
 /// Binds the UDP socket and sizes its receive buffer.
@@ -50,11 +52,14 @@ pub fn bind(addr: SocketAddr, receive_buffer: usize) -> io::Result<Listener> {
     let socket = UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
     let granted = recvmmsg::set_receive_buffer(socket.as_raw_fd(), receive_buffer)?;
+    // Best effort: without GRO every datagram is its own receive, which is only slower.
+    let gro = recvmmsg::enable_gro(socket.as_raw_fd()).is_ok();
     let local_addr = socket.local_addr()?;
     Ok(Listener {
         socket,
         local_addr,
         receive_buffer: granted,
+        gro,
     })
 }
 

@@ -1,4 +1,8 @@
 //! Batched UDP receive: one `recvmmsg` call fills many buffers. The only `unsafe` of ingest.
+//!
+//! With UDP GRO turned on ([`enable_gro`]) the kernel may hand over several datagrams of one sender
+//! in one buffer, all of the size it reports in a control message except the last; [`RecvBatch`]
+//! splits them again, so callers always see single datagrams.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -6,12 +10,28 @@ use std::os::fd::RawFd;
 /// Size of each receive buffer: the largest UDP payload fits (IPv4 max is 65,507 bytes).
 pub const DATAGRAM_BUFFER: usize = 65_536;
 
-/// Reusable buffers and headers for up to `n` datagrams per call.
+/// `UDP_GRO` (linux/udp.h); the libc crate does not export it for every target.
+const UDP_GRO: libc::c_int = 104;
+
+/// Room for the control messages of one receive (the GRO segment size needs 24 bytes).
+const CONTROL_WORDS: usize = 8;
+
+/// One received buffer: its length, whether it was truncated, and the size of the datagrams it
+/// holds when the kernel coalesced several (0: a single datagram).
+#[derive(Clone, Copy, Default)]
+struct Received {
+    len: usize,
+    truncated: bool,
+    segment: usize,
+}
+
+/// Reusable buffers and headers for up to `n` buffers per call.
 pub struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
-    lens: Vec<(usize, bool)>,
+    controls: Vec<[u64; CONTROL_WORDS]>,
+    received: Vec<Received>,
     filled: usize,
 }
 
@@ -33,13 +53,14 @@ impl RecvBatch {
             bufs,
             iovecs,
             headers,
-            lens: vec![(0, false); n],
+            controls: vec![[0; CONTROL_WORDS]; n],
+            received: vec![Received::default(); n],
             filled: 0,
         }
     }
 
-    /// Receives as many datagrams as are waiting (up to the batch size) without blocking.
-    /// Returns how many arrived; `WouldBlock` when none.
+    /// Receives as many buffers as are waiting (up to the batch size) without blocking.
+    /// Returns how many datagrams arrived; `WouldBlock` when none.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..self.bufs.len() {
             self.iovecs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
@@ -47,12 +68,16 @@ impl RecvBatch {
             let mut h = empty_mmsghdr();
             h.msg_hdr.msg_iov = &mut self.iovecs[i];
             h.msg_hdr.msg_iovlen = 1 as _;
+            h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of_val(&self.controls[i]) as _;
             self.headers[i] = h;
         }
         // SAFETY: `headers` holds `headers.len()` initialised mmsghdr values whose single iovec
-        // points at a live, exclusively borrowed buffer of `iov_len` bytes owned by `self.bufs`;
-        // no name/control buffers are given; MSG_DONTWAIT makes the call non-blocking and a null
-        // timeout is allowed. The kernel writes only within those buffers and the headers.
+        // points at a live, exclusively borrowed buffer of `iov_len` bytes owned by `self.bufs`,
+        // and whose control buffer points at `msg_controllen` live, exclusively borrowed,
+        // word-aligned bytes owned by `self.controls`; no name buffer is given; MSG_DONTWAIT makes
+        // the call non-blocking and a null timeout is allowed. The kernel writes only within those
+        // buffers and the headers.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -67,20 +92,98 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
+        let mut datagrams = 0;
         for i in 0..n {
             let h = &self.headers[i];
             let len = (h.msg_len as usize).min(self.bufs[i].len());
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.lens[i] = (len, truncated);
+            // A usize with glibc, a u32 with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let control_len = (h.msg_hdr.msg_controllen as usize).min(CONTROL_WORDS * 8);
+            let segment = if control_len == 0 {
+                0
+            } else {
+                let mut bytes = [0u8; CONTROL_WORDS * 8];
+                for (dst, w) in bytes.chunks_exact_mut(8).zip(&self.controls[i]) {
+                    dst.copy_from_slice(&w.to_ne_bytes());
+                }
+                gro_segment_size(&bytes[..control_len]).unwrap_or(0)
+            };
+            let r = Received {
+                len,
+                truncated,
+                segment,
+            };
+            datagrams += r.pieces();
+            self.received[i] = r;
         }
         self.filled = n;
-        Ok(n)
+        Ok(datagrams)
     }
 
     /// The datagrams of the last call: bytes and whether each was truncated.
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], bool)> {
-        (0..self.filled).map(|i| (&self.bufs[i][..self.lens[i].0], self.lens[i].1))
+        (0..self.filled).flat_map(move |i| {
+            let r = self.received[i];
+            let buf = &self.bufs[i][..r.len];
+            let step = r.step();
+            let last = r.pieces() - 1;
+            (0..=last).map(move |k| {
+                let start = (k * step).min(buf.len());
+                let end = (start + step).min(buf.len());
+                (&buf[start..end], r.truncated && k == last)
+            })
+        })
     }
+}
+
+impl Received {
+    /// Bytes per datagram in this buffer (at least 1).
+    fn step(self) -> usize {
+        if self.segment == 0 || self.segment >= self.len {
+            self.len.max(1)
+        } else {
+            self.segment
+        }
+    }
+
+    /// Datagrams in this buffer (an empty datagram counts as one).
+    fn pieces(self) -> usize {
+        self.len.div_ceil(self.step()).max(1)
+    }
+}
+
+/// Asks the kernel to coalesce datagrams of one flow (UDP GRO, Linux 5.0+): fewer, larger
+/// receives for senders that batch, e.g. with UDP GSO. Fails on kernels without it.
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
+}
+
+/// The datagram size of a coalesced receive, from its control messages (`SOL_UDP`/`UDP_GRO`, an
+/// int). Parsed by the kernel's layout: `cmsg_len` as a native word, then level and type as ints,
+/// then the data aligned to a word.
+fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    const HEADER: usize = WORD + 8;
+    let data_at = HEADER.next_multiple_of(WORD);
+    let int = |b: &[u8], at: usize| -> Option<i32> {
+        Some(i32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let mut off = 0;
+    while off + HEADER <= control.len() {
+        let len = usize::from_ne_bytes(control.get(off..off + WORD)?.try_into().ok()?);
+        if len < HEADER || len > control.len() - off {
+            return None;
+        }
+        let level = int(control, off + WORD)?;
+        let kind = int(control, off + WORD + 4)?;
+        if level == libc::SOL_UDP && kind == UDP_GRO && len >= data_at + 4 {
+            let size = int(control, off + data_at)?;
+            return usize::try_from(size).ok().filter(|&s| s > 0);
+        }
+        off += len.next_multiple_of(WORD);
+    }
+    None
 }
 
 /// Asks for a receive buffer of `bytes` (SO_RCVBUFFORCE when privileged, else SO_RCVBUF, which the
@@ -166,5 +269,90 @@ mod tests {
         assert_eq!(got[0], (b"one".to_vec(), false));
         assert_eq!(got[1], (Vec::new(), false));
         assert_eq!(got[2], (b"0123456789abcdef".to_vec(), true));
+    }
+
+    #[test]
+    fn coalesced_datagrams_come_out_one_by_one() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_gro(rx.as_raw_fd()).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Ten-byte datagrams cut by the kernel from one send (UDP GSO), then a plain one.
+        crate::bench::sys::set_udp_segment(tx.as_raw_fd(), 10).unwrap();
+        tx.send_to(
+            b"aaaaaaaaaabbbbbbbbbbcccccccccc12345",
+            rx.local_addr().unwrap(),
+        )
+        .unwrap();
+        crate::bench::sys::set_udp_segment(tx.as_raw_fd(), 0).unwrap();
+        tx.send_to(b"plain", rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = RecvBatch::new(8, DATAGRAM_BUFFER);
+        assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 5);
+        let got: Vec<Vec<u8>> = batch.datagrams().map(|(d, _)| d.to_vec()).collect();
+        assert_eq!(
+            got,
+            [
+                &b"aaaaaaaaaa"[..],
+                b"bbbbbbbbbb",
+                b"cccccccccc",
+                b"12345",
+                b"plain"
+            ]
+        );
+        // The kernel handed the first four over in one buffer, with their size.
+        assert_eq!(batch.filled, 2);
+        assert_eq!(batch.received[0].segment, 10);
+        assert_eq!(batch.received[1].segment, 0);
+    }
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        const WORD: usize = std::mem::size_of::<usize>();
+        let data_at = (WORD + 8).next_multiple_of(WORD);
+        let mut b = (data_at + data.len()).to_ne_bytes()[..WORD].to_vec();
+        b.extend(level.to_ne_bytes());
+        b.extend(kind.to_ne_bytes());
+        b.resize(data_at, 0);
+        b.extend(data);
+        b.resize(b.len().next_multiple_of(WORD), 0);
+        b
+    }
+
+    #[test]
+    fn reads_the_gro_size_and_ignores_other_or_broken_control_messages() {
+        let gro = cmsg(libc::SOL_UDP, UDP_GRO, &1000i32.to_ne_bytes());
+        assert_eq!(gro_segment_size(&gro), Some(1000));
+        let mut two = cmsg(libc::SOL_IP, 8, &[1, 2, 3, 4]);
+        two.extend(&gro);
+        assert_eq!(gro_segment_size(&two), Some(1000));
+        assert_eq!(gro_segment_size(&[]), None);
+        assert_eq!(gro_segment_size(&gro[..gro.len() - 8]), None);
+        assert_eq!(
+            gro_segment_size(&cmsg(libc::SOL_UDP, UDP_GRO, &0i32.to_ne_bytes())),
+            None
+        );
+        let mut huge = gro.clone();
+        huge[..std::mem::size_of::<usize>()].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(gro_segment_size(&huge), None);
+        let mut tiny = gro.clone();
+        tiny[..std::mem::size_of::<usize>()].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(gro_segment_size(&tiny), None);
+    }
+
+    #[test]
+    fn split_buffers_flag_only_their_last_piece_as_truncated() {
+        let r = Received {
+            len: 25,
+            truncated: true,
+            segment: 10,
+        };
+        assert_eq!((r.step(), r.pieces()), (10, 3));
+        let empty = Received::default();
+        assert_eq!((empty.step(), empty.pieces()), (1, 1));
+        let single = Received {
+            len: 7,
+            truncated: false,
+            segment: 100,
+        };
+        assert_eq!((single.step(), single.pieces()), (7, 1));
     }
 }
