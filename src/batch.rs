@@ -121,12 +121,14 @@ pub fn run(queue: QueueReader, mut out: impl FnMut(Batch)) {
         };
         match received {
             Ok(segment) => {
-                if let Some(b) = batcher.push(segment, Instant::now()) {
+                // One clock read per wake-up: what is waiting arrived within microseconds.
+                let now = Instant::now();
+                if let Some(b) = batcher.push(segment, now) {
                     out(b);
                 }
                 // Take what is already waiting without blocking again.
                 while let Ok(segment) = queue.rx.try_recv() {
-                    if let Some(b) = batcher.push(segment, Instant::now()) {
+                    if let Some(b) = batcher.push(segment, now) {
                         out(b);
                     }
                 }
