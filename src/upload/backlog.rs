@@ -99,12 +99,21 @@ impl Backlog {
     pub fn finished(&self, success: bool) {
         let mut inner = self.inner.lock();
         inner.in_flight -= 1;
+        let mut opened_gate = false;
         if success {
             inner.failure_streak = 0;
-            inner.gate_until = None;
+            opened_gate = inner.gate_until.take().is_some() && !inner.fresh.is_empty();
         }
+        let last_at_close = inner.closed
+            && inner.in_flight == 0
+            && inner.fresh.is_empty()
+            && inner.retry.is_empty();
         drop(inner);
-        self.ready.notify_all();
+        // Only wake the idle uploaders when this changes what they wait for: waking them all
+        // after every delivery made each batch cost every idle uploader a futile wake-up.
+        if opened_gate || last_at_close {
+            self.ready.notify_all();
+        }
     }
 
     /// The batch failed in a retryable way: it waits until `not_before`. `gate_until` is when
@@ -195,6 +204,7 @@ impl EvictOldest for Backlog {
 mod tests {
     use super::*;
     use crate::batch::Batcher;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn batch(tags: &[u8]) -> Batch {
@@ -286,6 +296,60 @@ mod tests {
             ),
             vec![9]
         );
+    }
+
+    /// Runs `take` on `n` threads; their results arrive on the returned channel.
+    fn waiters(bl: &Arc<Backlog>, n: usize) -> crossbeam_channel::Receiver<Option<Vec<u8>>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for _ in 0..n {
+            let (bl, tx) = (bl.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(bl.take().map(|p| tags(&p.batch)));
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        rx
+    }
+
+    #[test]
+    fn idle_uploaders_leave_when_the_last_batch_in_flight_ends_after_close() {
+        let bl = Arc::new(Backlog::new());
+        bl.push_fresh(batch(&[1]));
+        let held = bl.take().unwrap();
+        let rx = waiters(&bl, 3);
+        bl.close();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "a batch is still in flight");
+        drop(held);
+        bl.finished(true);
+        for _ in 0..3 {
+            let got = rx.recv_timeout(Duration::from_secs(5));
+            assert_eq!(got, Ok(None), "a waiting uploader was left asleep");
+        }
+    }
+
+    #[test]
+    fn a_success_that_opens_the_gate_wakes_a_waiting_uploader() {
+        let bl = Arc::new(Backlog::new());
+        let far = Instant::now() + Duration::from_secs(3600);
+        for i in 0..GATE_AFTER_FAILURES as u8 {
+            bl.push_fresh(batch(&[i]));
+            let p = bl.take().unwrap();
+            bl.retry_later(
+                Pending {
+                    attempts: 1,
+                    not_before: far,
+                    ..p
+                },
+                far,
+            );
+        }
+        bl.push_fresh(batch(&[9]));
+        bl.inner.lock().in_flight += 1; // a batch whose upload is under way
+        let rx = waiters(&bl, 1);
+        assert!(rx.try_recv().is_err(), "gated for an hour");
+        bl.finished(true);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Some(vec![9])));
     }
 
     #[test]
