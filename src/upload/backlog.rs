@@ -262,9 +262,8 @@ mod tests {
         assert_eq!((tags(&r.batch), r.attempts), (vec![1], 1));
     }
 
-    #[test]
-    fn a_failure_streak_gates_fresh_batches() {
-        let bl = Backlog::new();
+    /// Fails batches until fresh ones are gated, for an hour.
+    fn fail_until_gated(bl: &Backlog) {
         let far = Instant::now() + Duration::from_secs(3600);
         for i in 0..GATE_AFTER_FAILURES as u8 {
             bl.push_fresh(batch(&[i]));
@@ -278,6 +277,12 @@ mod tests {
                 far,
             );
         }
+    }
+
+    #[test]
+    fn a_failure_streak_gates_fresh_batches() {
+        let bl = Backlog::new();
+        fail_until_gated(&bl);
         bl.push_fresh(batch(&[9]));
         assert!(bl.inner.lock().gate_until.is_some());
         assert!(
@@ -331,19 +336,7 @@ mod tests {
     #[test]
     fn a_success_that_opens_the_gate_wakes_a_waiting_uploader() {
         let bl = Arc::new(Backlog::new());
-        let far = Instant::now() + Duration::from_secs(3600);
-        for i in 0..GATE_AFTER_FAILURES as u8 {
-            bl.push_fresh(batch(&[i]));
-            let p = bl.take().unwrap();
-            bl.retry_later(
-                Pending {
-                    attempts: 1,
-                    not_before: far,
-                    ..p
-                },
-                far,
-            );
-        }
+        fail_until_gated(&bl);
         bl.push_fresh(batch(&[9]));
         bl.inner.lock().in_flight += 1; // a batch whose upload is under way
         let rx = waiters(&bl, 1);
