@@ -243,17 +243,14 @@ impl Worker {
     fn handle(&self, batch: &RecvBatch, validator: &mut Validator) -> (u64, u64) {
         let mut tally = Tally::default();
         let mut bytes = 0;
+        let mut accepted = Vec::with_capacity(RECV_BATCH);
         for (datagram, truncated) in batch.datagrams() {
             bytes += datagram.len() as u64;
             match validator.check(datagram, truncated) {
                 Verdict::Empty => {}
                 Verdict::Accepted(body) => {
                     tally.received += 1;
-                    if let Admission::Dropped | Admission::Queued { evicted: 1.. } =
-                        self.queue.push(Segment::new(body))
-                    {
-                        self.spillover_warning();
-                    }
+                    accepted.push(body);
                 }
                 Verdict::Rejected(reason) => {
                     tally.received += 1;
@@ -262,6 +259,13 @@ impl Worker {
                 }
             }
         }
+        Segment::copy_shared(&accepted, |segment| {
+            if let Admission::Dropped | Admission::Queued { evicted: 1.. } =
+                self.queue.push(segment)
+            {
+                self.spillover_warning();
+            }
+        });
         self.stats.received.fetch_add(tally.received, Relaxed);
         for r in Rejection::ALL {
             if tally.rejected[r.index()] > 0 {
