@@ -221,6 +221,9 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         },
         failures_logged: Arc::new(Throttle::new(FAILURE_LOG_INTERVAL)),
     };
+    stats
+        .upload_slots
+        .store(s.concurrency as u64, std::sync::atomic::Ordering::Relaxed);
     let uploaders: Vec<_> = (0..s.concurrency)
         .map(|i| {
             let u = uploader.clone();

@@ -85,6 +85,8 @@ pub struct Stats {
     /// Batches being delivered right now (between [`Stats::upload_started`] and
     /// [`Stats::upload_finished`]).
     pub batches_in_flight: AtomicU64,
+    /// How many uploads may run at once (`--concurrency`; set by the daemon at start).
+    pub upload_slots: AtomicU64,
     /// Credentials fetched or refreshed successfully, by any source (metrics only).
     pub credential_refreshes: AtomicU64,
     /// Credential fetches or refreshes that failed (metrics only).

@@ -299,9 +299,15 @@ impl Worker {
 
     fn spillover_warning(&self) {
         if self.summaries.spilled.allow(Instant::now()).is_some() {
+            let s = &self.stats;
             crate::warn!(
-                "Segment buffer full: dropping the oldest segments ({} dropped so far). Consider increasing memory limit (-m)",
-                self.stats.spillover.load(Relaxed)
+                "Segment buffer full: dropping the oldest segments ({} dropped so far). {}",
+                s.spillover.load(Relaxed),
+                spill_advice(
+                    s.upload_failing_for().is_some(),
+                    s.batches_in_flight.load(Relaxed),
+                    s.upload_slots.load(Relaxed),
+                )
             );
         }
     }
@@ -332,6 +338,21 @@ pub fn pause(datagrams: u64, bytes: u64, elapsed: Duration, receive_buffer: usiz
         Duration::ZERO
     } else {
         pause
+    }
+}
+
+/// What to do about a full buffer, from why it filled: X-Ray refusing or unreachable (memory
+/// buys time), every upload slot busy while uploads succeed (uploads are the bottleneck: each
+/// round trip carries at most 50 segments per slot), or neither (a burst).
+pub fn spill_advice(uploads_failing: bool, in_flight: u64, slots: u64) -> String {
+    if uploads_failing {
+        "Uploads are failing; consider increasing memory limit (-m) to hold more while X-Ray is unavailable".into()
+    } else if slots > 0 && in_flight >= slots {
+        format!(
+            "All {slots} uploads are busy: X-Ray round trips limit throughput to {slots} x 50 segments per round trip; consider increasing --concurrency"
+        )
+    } else {
+        "Consider increasing memory limit (-m)".into()
     }
 }
 
@@ -374,6 +395,21 @@ mod tests {
         assert!(
             charged_during_pause <= (2 * MIB) as f64,
             "{charged_during_pause}"
+        );
+    }
+
+    #[test]
+    fn spill_advice_names_the_bottleneck() {
+        assert!(spill_advice(true, 8, 8).contains("Uploads are failing"));
+        let busy = spill_advice(false, 8, 8);
+        assert!(busy.contains("All 8 uploads are busy") && busy.contains("--concurrency"));
+        assert_eq!(
+            spill_advice(false, 3, 8),
+            "Consider increasing memory limit (-m)"
+        );
+        assert_eq!(
+            spill_advice(false, 0, 0),
+            "Consider increasing memory limit (-m)"
         );
     }
 
