@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{Daemon, TempDir, run};
+use support::{Daemon, TempDir, local_sink_args, run, wait_for_file};
 
 /// The cfg.yaml the AWS daemon's Docker image installs as `/etc/amazon/xray/cfg.yaml`
 /// (aws-xray-daemon `pkg/cfg.yaml`): Version 2 with every key.
@@ -157,20 +157,7 @@ fn the_images_shipped_file_loads_with_c_and_when_discovered() {
 
     // And the daemon runs with it (flags move the sockets off the file's fixed port).
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(
-        dir.path(),
-        &[
-            "-c",
-            &path,
-            "-b",
-            "127.0.0.1:0",
-            "-t",
-            "127.0.0.1:0",
-            "--local-sink",
-            &sink,
-        ],
-        &[],
-    );
+    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-c", &path]), &[]);
     d.line("Using config file ", Duration::from_secs(10));
     d.udp_addr();
     assert!(d.stop().success(), "{}", d.log());
@@ -345,18 +332,7 @@ fn a_discovered_file_warns_about_unknown_keys_but_not_about_anything_else() {
     assert_eq!(printed(&r.stdout)["Region"], "eu-north-1");
 
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(
-        dir.path(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-t",
-            "127.0.0.1:0",
-            "--local-sink",
-            &sink,
-        ],
-        &[],
-    );
+    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &[]), &[]);
     let w = d.line("unknown key Foo", Duration::from_secs(10));
     assert!(
         w.contains("[Warn] config file cfg.yaml: unknown key Foo"),
@@ -535,21 +511,14 @@ fn the_daemon_runs_with_the_layered_values() {
 
     // -c beats the discovered file: its address, level and log file.
     let mut d = Daemon::spawn(dir.path(), &["-c", &c, "--local-sink", &sink], &[]);
-    let wait_for_file = |path: &str, what: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what:?} not in {path}: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let wait_for_text = |path: &str, what: &str| {
+        wait_for_file(
+            path,
+            |t| t.contains(what),
+            &format!("{what:?} not in the file"),
+        )
     };
-    wait_for_file(
+    wait_for_text(
         &log,
         &format!("Listening for segments on UDP 127.0.0.1:{p_c}"),
     );
@@ -558,7 +527,7 @@ fn the_daemon_runs_with_the_layered_values() {
         &[b"not a datagram".to_vec()],
         Duration::ZERO,
     );
-    wait_for_file(&log, "[Debug] Rejected datagram");
+    wait_for_text(&log, "[Debug] Rejected datagram");
     assert!(d.stop().success());
     assert!(
         d.lines().is_empty(),
@@ -584,7 +553,7 @@ fn the_daemon_runs_with_the_layered_values() {
         ],
         &[],
     );
-    let text = wait_for_file(&flag_log, "Listening for segments on UDP 127.0.0.1:");
+    let text = wait_for_text(&flag_log, "Listening for segments on UDP 127.0.0.1:");
     assert!(!text.contains(&format!("127.0.0.1:{p_c}")), "{text}");
     assert!(d.stop().success());
     let text = std::fs::read_to_string(&flag_log).unwrap();

@@ -14,17 +14,18 @@
 //! Every wait is bounded; child processes are killed on drop.
 
 mod credentials_support;
+mod e2e_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use credentials_support::{
     FakeServer, Request, Response, TempDir, auth_key_id, signature_check, sts_ok, wait_for,
 };
+use e2e_support::Proc;
 
 const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
 const LISTENING_PREFIX: &str = "Listening for segments on UDP ";
@@ -32,107 +33,6 @@ const REGION: &str = "us-east-1";
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// A child whose stdout and stderr lines are collected; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        let readers = [out, err]
-            .into_iter()
-            .map(|stream| {
-                let lines = lines.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(stream).lines() {
-                        match line {
-                            Ok(l) => lines.lock().unwrap().push(l),
-                            Err(_) => break,
-                        }
-                    }
-                })
-            })
-            .collect();
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            readers,
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn log(&self) -> String {
-        format!("--- {} output ---\n{}", self.name, self.lines().join("\n"))
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
-                return Some(l);
-            }
-            if Instant::now() >= deadline || self.exited().is_some() {
-                std::thread::sleep(Duration::from_millis(100));
-                return self.lines().into_iter().find(|l| l.contains(needle));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then a bounded wait; SIGKILL when it does not exit in time.
-    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(s) = self.exited() {
-            return Some(s);
-        }
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(s) = self.exited() {
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Runs a short command with a deadline; (status, stdout, stderr).
 fn run_bounded(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
@@ -363,42 +263,9 @@ fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
 // ---------------------------------------------------------------------------------------------
 // Against moto
 
-fn missing_prerequisite() -> Option<String> {
-    let probe = "import importlib.util, sys\n\
-                 missing = [m for m in ('boto3', 'moto') if importlib.util.find_spec(m) is None]\n\
-                 print(' '.join(missing))\n\
-                 sys.exit(1 if missing else 0)";
-    match Command::new("python3").args(["-c", probe]).output() {
-        Err(e) => return Some(format!("python3 cannot be run: {e}")),
-        Ok(out) if !out.status.success() => {
-            return Some(format!(
-                "python3 lacks module(s): {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            ));
-        }
-        Ok(_) => {}
-    }
-    match Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Err(e) => Some(format!("moto_server cannot be run: {e}")),
-        Ok(s) if !s.success() => Some(format!("`moto_server --help` failed: {s}")),
-        Ok(_) => None,
-    }
-}
-
+/// True if the test should run; prints `SKIPPED` (or panics under `XRAYD_REQUIRE_E2E=1`).
 fn e2e_enabled(test: &str) -> bool {
-    let Some(reason) = missing_prerequisite() else {
-        return true;
-    };
-    if std::env::var("XRAYD_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{test}: XRAYD_REQUIRE_E2E=1 but {reason}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
-    false
+    e2e_support::e2e_enabled(test, &["boto3", "moto"])
 }
 
 /// Python and moto see only what we set: no ambient AWS settings or proxies.

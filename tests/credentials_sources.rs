@@ -180,11 +180,7 @@ fn web_identity_posts_an_unsigned_form_and_reads_the_xml_answer() {
     let token_file = dir.file("token", "eyJhbGciOiJSUzI1NiJ9.irsa-token-one\n");
     let (sts, _) = web_identity_sts("ASIAWEBID000", 3600);
     let env = Env::hermetic()
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ENDPOINT_URL_STS", &sts.url());
     let (p, desc) = build(&env, "us-west-2", None);
     assert_eq!(p.source(), "web-identity");
@@ -237,11 +233,7 @@ fn web_identity_session_name_comes_from_the_environment() {
     let token_file = dir.file("token", "tok");
     let (sts, _) = web_identity_sts("ASIANAMED000", 3600);
     let env = Env::hermetic()
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ROLE_SESSION_NAME", "my pod/session")
         .set("AWS_ENDPOINT_URL", &sts.url());
     let (p, _) = build(&env, "us-east-1", None);
@@ -268,11 +260,7 @@ fn sts_error_xml_becomes_a_clear_error_without_the_token() {
         )
     });
     let env = Env::hermetic()
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ENDPOINT_URL_STS", &sts.url());
     let (p, _) = build(&env, "us-east-1", None);
     let e = error_eventually(&p, "InvalidIdentityToken");
@@ -313,11 +301,7 @@ fn expiring_credentials_are_refreshed_and_the_token_file_is_re_read() {
     let token_file = dir.file("token", "jwt-generation-1");
     let (sts, tokens) = web_identity_sts("ASIAROTATE00", 3);
     let env = Env::hermetic()
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ENDPOINT_URL_STS", &sts.url());
     let (p, _) = build(&env, "us-east-1", None);
     let first = creds_eventually(&p);
@@ -390,11 +374,7 @@ fn a_failed_refresh_keeps_valid_old_credentials_then_recovers() {
         })
     };
     let env = Env::hermetic()
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ENDPOINT_URL_STS", &sts.url());
     let (p, _) = build(&env, "us-east-1", None);
     let old = creds_eventually(&p);
@@ -1003,11 +983,7 @@ fn sources_are_tried_in_sdk_order() {
             "AWS_SHARED_CREDENTIALS_FILE",
             &credentials.display().to_string(),
         )
-        .set(
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            &token_file.display().to_string(),
-        )
-        .set("AWS_ROLE_ARN", ROLE)
+        .web_identity(&token_file, ROLE)
         .set("AWS_ENDPOINT_URL_STS", &sts.url())
         .set(
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",

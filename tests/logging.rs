@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Daemon, TempDir, datagram, segment, send};
+use support::{Daemon, TempDir, datagram, local_sink_args, segment, send, wait_for_file};
 
 const LEVELS: [&str; 5] = ["Trace", "Debug", "Info", "Warn", "Error"];
 
@@ -48,29 +48,18 @@ fn check_text_line(line: &str) -> Result<&str, String> {
     Ok(level)
 }
 
-fn local_sink_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "-b",
-        "127.0.0.1:0",
-        "-t",
-        "127.0.0.1:0",
-        "--local-sink",
-        sink,
-    ];
-    a.extend_from_slice(extra);
-    a
-}
-
-fn wait_for_file(path: &str, pred: impl Fn(&str) -> bool, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if pred(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what}: {path}: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits for the start-up line in the log file `log` and returns the UDP address it names.
+fn udp_addr_from_log_file(log: &str) -> std::net::SocketAddr {
+    let text = wait_for_file(
+        log,
+        |t| t.contains("Listening for segments on UDP "),
+        "start-up",
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("Listening for segments"))
+        .unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -204,16 +193,7 @@ fn the_log_file_rotates_keeping_one_rolled_file_and_keeps_writing() {
         &local_sink_args(&sink, &["-l", "debug", "-f", &log]),
         &[("XRAYD_LOG_ROTATE_BYTES", "4096")],
     );
-    let text = wait_for_file(
-        &log,
-        |t| t.contains("Listening for segments on UDP "),
-        "start-up",
-    );
-    let line = text
-        .lines()
-        .find(|l| l.contains("Listening for segments"))
-        .unwrap();
-    let udp: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let udp = udp_addr_from_log_file(&log);
     send(udp, &junk(200), Duration::from_micros(200));
     let rolled = format!("{log}.1");
     wait_for_file(&rolled, |t| !t.is_empty(), "rolled file");
@@ -258,16 +238,7 @@ fn log_rotation_false_in_the_config_file_disables_rotation() {
         &local_sink_args(&sink, &[]),
         &[("XRAYD_LOG_ROTATE_BYTES", "4096")],
     );
-    let text = wait_for_file(
-        &log,
-        |t| t.contains("Listening for segments on UDP "),
-        "start-up",
-    );
-    let line = text
-        .lines()
-        .find(|l| l.contains("Listening for segments"))
-        .unwrap();
-    let udp: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let udp = udp_addr_from_log_file(&log);
     send(udp, &junk(100), Duration::from_micros(200));
     wait_for_file(
         &log,
@@ -279,16 +250,21 @@ fn log_rotation_false_in_the_config_file_disables_rotation() {
     assert!(!dir.join("xrayd.log.1").exists());
 }
 
+/// xrayd at `-l debug` writing to `sink`, with its stdout (the log) left unread.
+fn spawn_debug_stdout_unread(dir: &TempDir, sink: &str) -> Daemon {
+    Daemon::spawn_with(
+        dir.path(),
+        &local_sink_args(sink, &["-l", "debug"]),
+        &[],
+        false,
+    )
+}
+
 #[test]
 fn a_closed_log_output_does_not_stop_the_daemon() {
     let dir = TempDir::new("log-closed");
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn_with(
-        dir.path(),
-        &local_sink_args(&sink, &["-l", "debug"]),
-        &[],
-        false,
-    );
+    let mut d = spawn_debug_stdout_unread(&dir, &sink);
     // Nobody reads stdout any more: every log write fails (EPIPE).
     drop(d.unread_stdout.take());
     std::thread::sleep(Duration::from_millis(500));
@@ -314,12 +290,7 @@ fn a_stalled_log_output_never_blocks_ingest() {
     let dir = TempDir::new("log-stalled");
     let sink = dir.file("segments.jsonl");
     // stdout is a pipe nobody reads: it fills after 64 KiB and the log writer blocks.
-    let mut d = Daemon::spawn_with(
-        dir.path(),
-        &local_sink_args(&sink, &["-l", "debug"]),
-        &[],
-        false,
-    );
+    let mut d = spawn_debug_stdout_unread(&dir, &sink);
     std::thread::sleep(Duration::from_millis(500));
     let addr = find_udp_port(d.pid());
     // Far more log lines than the pipe (64 KiB) and the log queue hold; paced so that the kernel

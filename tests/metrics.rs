@@ -9,32 +9,23 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proxy_support::{Exposition, FakeSampling, one_shot, parse_proxy_line, scrape};
-use support::{Daemon, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, make_segment, secs};
+use support::{Daemon, make_segment, secs};
 
 fn spawn(fake: &FakeSampling) -> (Daemon, SocketAddr, SocketAddr) {
     let endpoint = fake.endpoint();
-    let d = Daemon::spawn(
+    // Test credentials in the environment; no `-l`: the default level.
+    let d = Daemon::for_endpoint_with_level(
+        &endpoint,
+        None,
         &[
-            "-b",
-            "127.0.0.1:0",
-            "-t",
-            "127.0.0.1:0",
-            "-o",
-            "-n",
-            TEST_REGION,
             "-m",
             "3",
-            "--endpoint",
-            &endpoint,
             "--retry-base-delay",
             "50ms",
             "--retry-max-delay",
             "200ms",
         ],
-        &[
-            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
-        ],
+        &[],
     );
     let udp = d.udp_addr();
     let line = d

@@ -14,15 +14,16 @@
 //! is missing the tests print `SKIPPED: <why>` and pass, unless `XRAYD_REQUIRE_E2E=1` is set (CI),
 //! in which case they fail with that reason. Every wait is bounded; children are killed on drop.
 
+mod e2e_support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use e2e_support::Proc;
 use serde_json::Value;
 
 const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
@@ -43,179 +44,13 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // Skip policy
 
-/// Why the end-to-end prerequisites are not met, if they are not.
-fn missing_prerequisite() -> Option<String> {
-    let probe = "import importlib.util, sys\n\
-                 missing = [m for m in ('boto3', 'moto', 'aws_xray_sdk') \
-                 if importlib.util.find_spec(m) is None]\n\
-                 print(' '.join(missing))\n\
-                 sys.exit(1 if missing else 0)";
-    match Command::new("python3").args(["-c", probe]).output() {
-        Err(e) => return Some(format!("python3 cannot be run: {e}")),
-        Ok(out) if !out.status.success() => {
-            let missing = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            return Some(if missing.is_empty() {
-                format!(
-                    "python3 probe failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            } else {
-                format!("python3 lacks module(s): {missing}")
-            });
-        }
-        Ok(_) => {}
-    }
-    match Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Err(e) => Some(format!("moto_server cannot be run: {e}")),
-        Ok(s) if !s.success() => Some(format!("`moto_server --help` failed: {s}")),
-        Ok(_) => None,
-    }
-}
-
 /// True if the test should run; prints `SKIPPED` (or panics under `XRAYD_REQUIRE_E2E=1`).
 fn e2e_enabled(test: &str) -> bool {
-    let Some(reason) = missing_prerequisite() else {
-        return true;
-    };
-    if std::env::var("XRAYD_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{test}: XRAYD_REQUIRE_E2E=1 but {reason}");
-    }
-    // Straight to the stderr handle: unlike eprintln!, this is not swallowed by the test
-    // harness's output capture, so the skip shows in a plain `cargo test`.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
-    false
+    e2e_support::e2e_enabled(test, &["boto3", "moto", "aws_xray_sdk"])
 }
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
-
-/// A child process whose stdout and stderr lines are collected; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let lines = Arc::clone(&lines);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    match line {
-                        Ok(l) => lines.lock().unwrap().push(l),
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            readers,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        let start = lines.len().saturating_sub(n);
-        format!(
-            "--- last {} of {} lines of {} ---\n{}",
-            lines.len() - start,
-            lines.len(),
-            self.name,
-            lines[start..].join("\n")
-        )
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Polls `pred` over the collected lines until it returns `Some`, the process exits or the
-    /// timeout passes.
-    fn wait_for<T>(
-        &mut self,
-        timeout: Duration,
-        mut pred: impl FnMut(&[String]) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = pred(&self.lines()) {
-                return Some(v);
-            }
-            if Instant::now() >= deadline || self.exited().is_some() {
-                // One last look: the readers may have caught up.
-                std::thread::sleep(Duration::from_millis(100));
-                return pred(&self.lines());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then wait (bounded); SIGKILL if it does not exit in time.
-    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Some(status);
-        }
-        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                self.join_readers();
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.join_readers();
-        None
-    }
-
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 struct ScriptOutput {
     status: ExitStatus,

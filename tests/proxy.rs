@@ -180,18 +180,10 @@ fn python_sdk_fetches_rules_and_reports_targets_through_xrayd() {
 
     let metrics = proxy_support::scrape(tcp);
     assert_eq!(
-        metrics.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/GetSamplingRules"), ("status", "200")]
-        ),
+        metrics.proxy_requests("/GetSamplingRules", "200"),
         rules.len() as f64
     );
-    assert!(
-        metrics.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/SamplingTargets"), ("status", "200")]
-        ) >= 1.0
-    );
+    assert!(metrics.proxy_requests("/SamplingTargets", "200") >= 1.0);
 }
 
 #[test]

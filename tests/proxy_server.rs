@@ -208,20 +208,8 @@ fn forwards_signed_with_path_and_body_untouched_over_reused_connections() {
     }
     assert_eq!(fake.connections(), 1, "one upstream connection, reused");
     let e = scrape(p.addr());
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/SamplingTargets"), ("status", "200")]
-        ),
-        5.0
-    );
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/GetSamplingRules"), ("status", "200")]
-        ),
-        5.0
-    );
+    assert_eq!(e.proxy_requests("/SamplingTargets", "200"), 5.0);
+    assert_eq!(e.proxy_requests("/GetSamplingRules", "200"), 5.0);
 }
 
 #[test]
@@ -303,27 +291,9 @@ fn other_paths_and_methods_are_refused_unless_allowed() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].signature.is_ok() && seen[0].path == "/TraceSegments");
     let e = scrape(p.addr());
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "other"), ("status", "404")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/GetSamplingRules"), ("status", "405")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/metrics"), ("status", "405")]
-        ),
-        1.0
-    );
+    assert_eq!(e.proxy_requests("other", "404"), 2.0);
+    assert_eq!(e.proxy_requests("/GetSamplingRules", "405"), 1.0);
+    assert_eq!(e.proxy_requests("/metrics", "405"), 1.0);
 }
 
 #[test]
@@ -377,13 +347,7 @@ fn oversized_bodies_are_refused_and_never_forwarded() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].body, br#"{"SamplingStatisticsDocuments":[]}"#);
     let e = scrape(p.addr());
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "invalid"), ("status", "413")]
-        ),
-        3.0
-    );
+    assert_eq!(e.proxy_requests("invalid", "413"), 3.0);
 }
 
 #[test]
@@ -521,13 +485,7 @@ fn slow_clients_time_out_without_delaying_others() {
     );
     assert!(fake.seen().iter().all(|s| s.signature.is_ok()));
     let e = scrape(p.addr());
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "invalid"), ("status", "408")]
-        ),
-        2.0
-    );
+    assert_eq!(e.proxy_requests("invalid", "408"), 2.0);
 }
 
 #[test]
@@ -573,13 +531,7 @@ fn upstream_down_is_502_and_slow_upstream_is_504() {
         t.elapsed()
     );
     let e = scrape(p.addr());
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/GetSamplingRules"), ("status", "502")]
-        ),
-        1.0
-    );
+    assert_eq!(e.proxy_requests("/GetSamplingRules", "502"), 1.0);
 }
 
 #[test]
@@ -664,19 +616,10 @@ fn many_concurrent_keep_alive_clients() {
     );
     let e = scrape(addr);
     assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/GetSamplingRules"), ("status", "200")]
-        ),
+        e.proxy_requests("/GetSamplingRules", "200"),
         (CLIENTS * EACH) as f64
     );
-    assert_eq!(
-        e.value(
-            "xrayd_proxy_requests_total",
-            &[("path", "/healthz"), ("status", "200")]
-        ),
-        (CLIENTS * EACH) as f64
-    );
+    assert_eq!(e.proxy_requests("/healthz", "200"), (CLIENTS * EACH) as f64);
 }
 
 #[test]

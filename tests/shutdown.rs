@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
-use support::{Behaviour, FakeXray, make_segment, millis, secs, segment_index};
+use support::{Behaviour, FakeXray, assert_conserved, make_segment, millis, secs, segment_index};
 
 const RETRY_ARGS: [&str; 4] = ["--retry-base-delay", "50ms", "--retry-max-delay", "1s"];
 
@@ -34,18 +34,11 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn assert_counts_add_up(counts: &HashMap<String, u64>) {
-    let k = |n: &str| counts[n];
+    assert_conserved(counts);
     assert_eq!(
-        k("received"),
-        k("rejected")
-            + k("sent")
-            + k("unprocessed")
-            + k("rejected_by_xray")
-            + k("spillover")
-            + k("dropped_at_shutdown"),
-        "received = rejected + sent + unprocessed + rejected_by_xray + spillover + dropped_at_shutdown: {counts:?}"
+        counts["segments_held"], 0,
+        "held after the drain: {counts:?}"
     );
-    assert_eq!(k("segments_held"), 0, "held after the drain: {counts:?}");
 }
 
 fn count_each(v: &[String]) -> HashMap<&str, usize> {
@@ -131,20 +124,24 @@ fn sigterm_during_outage_reports_what_it_dropped() {
     );
 }
 
-#[test]
-fn sigterm_with_upload_in_flight_past_deadline() {
+/// xrayd (`--shutdown-timeout 1s`) sent 50 segments; returns once its first upload is in
+/// flight, which the fake answers after 1.5 s: past the 1 s deadline.
+fn upload_in_flight_past_deadline() -> (FakeXray, Daemon) {
     let fake = FakeXray::start();
-    // The first call answers after 1.5 s: past the 1 s deadline.
     fake.set_script(vec![Behaviour::delay(millis(1500), Behaviour::Ok)]);
-    let mut d = Daemon::for_fake(
+    let d = Daemon::for_fake(
         &fake,
         &args(&["--shutdown-timeout", "1s", "--upload-timeout", "5s"]),
         &[],
     );
-    let addr = d.udp_addr();
-    let want = docs(0..50, 300);
-    send_segments_paced(addr, &want, Pace::GENTLE);
+    send_segments_paced(d.udp_addr(), &docs(0..50, 300), Pace::GENTLE);
     assert!(fake.wait_for_requests(1, secs(30)), "{}", fake.summary());
+    (fake, d)
+}
+
+#[test]
+fn sigterm_with_upload_in_flight_past_deadline() {
+    let (fake, mut d) = upload_in_flight_past_deadline();
     let took = term(&mut d, secs(6));
     let counts = d.final_counts();
     // Give the fake time to record (or retract) its late answer.
@@ -160,17 +157,7 @@ fn sigterm_with_upload_in_flight_past_deadline() {
     assert_eq!(counts["received"], 50, "{counts:?}");
     assert!(took <= secs(3), "{took:?}");
     // Conservation holds; `segments_held` is checked by the in-flight test below.
-    let k = |n: &str| counts[n];
-    assert_eq!(
-        k("received"),
-        k("rejected")
-            + k("sent")
-            + k("unprocessed")
-            + k("rejected_by_xray")
-            + k("spillover")
-            + k("dropped_at_shutdown"),
-        "{counts:?}"
-    );
+    assert_conserved(&counts);
     assert!(
         delivered <= counts["sent"] + counts["dropped_at_shutdown"],
         "{counts:?}"
@@ -231,16 +218,7 @@ fn sigkill_keeps_what_was_delivered_intact() {
 /// is not counted on top.
 #[test]
 fn in_flight_batch_is_not_left_held_after_shutdown() {
-    let fake = FakeXray::start();
-    fake.set_script(vec![Behaviour::delay(millis(1500), Behaviour::Ok)]);
-    let mut d = Daemon::for_fake(
-        &fake,
-        &args(&["--shutdown-timeout", "1s", "--upload-timeout", "5s"]),
-        &[],
-    );
-    let addr = d.udp_addr();
-    send_segments_paced(addr, &docs(0..50, 300), Pace::GENTLE);
-    assert!(fake.wait_for_requests(1, secs(30)), "{}", fake.summary());
+    let (_fake, mut d) = upload_in_flight_past_deadline();
     term(&mut d, secs(6));
     let counts = d.final_counts();
     assert_counts_add_up(&counts);

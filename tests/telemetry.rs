@@ -8,7 +8,8 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
-    ACCESS_KEY, Daemon, Fake, Reply, SECRET_KEY, TempDir, Totals, datagram, segment, send,
+    ACCESS_KEY, Daemon, Fake, Reply, SECRET_KEY, TempDir, Totals, datagram, local_sink_args,
+    segment, send,
 };
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -365,18 +366,7 @@ fn local_sink_logs_records_at_debug() {
     let sink = dir.file("segments.jsonl");
     let mut d = Daemon::spawn(
         dir.path(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-t",
-            "127.0.0.1:0",
-            "--local-sink",
-            &sink,
-            "-l",
-            "debug",
-            "--log-format",
-            "json",
-        ],
+        &local_sink_args(&sink, &["-l", "debug", "--log-format", "json"]),
         &[("XRAYD_TELEMETRY_INTERVAL_MS", "100")],
     );
     let udp = d.udp_addr();
@@ -416,14 +406,7 @@ fn local_sink_records_stay_out_of_the_default_log() {
     let sink = dir.file("segments.jsonl");
     let mut d = Daemon::spawn(
         dir.path(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-t",
-            "127.0.0.1:0",
-            "--local-sink",
-            &sink,
-        ],
+        &local_sink_args(&sink, &[]),
         &[("XRAYD_TELEMETRY_INTERVAL_MS", "50")],
     );
     send(d.udp_addr(), &[datagram(&segment(1, 100))], Duration::ZERO);

@@ -332,6 +332,14 @@ impl Env {
         self.0.insert(k.to_string(), v.to_string());
         self
     }
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`.
+    pub fn web_identity(self, token_file: &Path, role_arn: &str) -> Env {
+        self.set(
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            &token_file.display().to_string(),
+        )
+        .set("AWS_ROLE_ARN", role_arn)
+    }
     pub fn unset(mut self, k: &str) -> Env {
         self.0.remove(k);
         self

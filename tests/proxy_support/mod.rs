@@ -381,6 +381,14 @@ impl Exposition {
             .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
     }
 
+    /// `xrayd_proxy_requests_total{path, status}` (panics if there is no such sample).
+    pub fn proxy_requests(&self, path: &str, status: &str) -> f64 {
+        self.value(
+            "xrayd_proxy_requests_total",
+            &[("path", path), ("status", status)],
+        )
+    }
+
     /// Sum over every sample named `name`.
     pub fn sum(&self, name: &str) -> f64 {
         self.samples

@@ -137,7 +137,16 @@ impl Daemon {
         extra_args: &[&str],
         extra_envs: &[(&str, &str)],
     ) -> Daemon {
-        let endpoint = fake.endpoint();
+        Self::for_endpoint_with_level(&fake.endpoint(), level, extra_args, extra_envs)
+    }
+
+    /// Like `for_fake_with_level`, against any endpoint URL.
+    pub fn for_endpoint_with_level(
+        endpoint: &str,
+        level: Option<&str>,
+        extra_args: &[&str],
+        extra_envs: &[(&str, &str)],
+    ) -> Daemon {
         let mut args: Vec<&str> = vec![
             "-b",
             "127.0.0.1:0",
@@ -147,7 +156,7 @@ impl Daemon {
             TEST_REGION,
             "-o",
             "--endpoint",
-            &endpoint,
+            endpoint,
         ];
         let has_level = extra_args.iter().any(|a| {
             let a = a.trim_start_matches('-');

@@ -19,6 +19,7 @@ pub use fake_xray::{
 pub use sigv4::{SigCheck, Verifier, WireRequest};
 pub use udp::{Pace, make_segment, segment_id, segment_index, send_raw, send_segments};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -50,6 +51,26 @@ pub fn send_with_flow_control<S: AsRef<str>>(
         }
     }
     true
+}
+
+/// The conservation law of the final counts: every segment received is rejected, sent, or
+/// counted under exactly one of the drop counters.
+pub fn assert_conserved(counts: &HashMap<String, u64>) {
+    let k = |n: &str| {
+        *counts
+            .get(n)
+            .unwrap_or_else(|| panic!("no counter {n:?} in {counts:?}"))
+    };
+    assert_eq!(
+        k("received"),
+        k("rejected")
+            + k("sent")
+            + k("unprocessed")
+            + k("rejected_by_xray")
+            + k("spillover")
+            + k("dropped_at_shutdown"),
+        "received = rejected + sent + unprocessed + rejected_by_xray + spillover + dropped_at_shutdown: {counts:?}"
+    );
 }
 
 /// Shorthand for durations in tests.

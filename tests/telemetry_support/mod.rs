@@ -343,6 +343,33 @@ impl Drop for Daemon {
     }
 }
 
+/// `-b 127.0.0.1:0 -t 127.0.0.1:0 --local-sink <sink>` followed by `extra`.
+pub fn local_sink_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "-b",
+        "127.0.0.1:0",
+        "-t",
+        "127.0.0.1:0",
+        "--local-sink",
+        sink,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Polls the file at `path` (10 s at most) until `pred` holds for its text, and returns it.
+pub fn wait_for_file(path: &str, pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if pred(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}: {path}: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A valid segment document of about `size` bytes.
 pub fn segment(i: u64, size: usize) -> String {
     let head = format!(
