@@ -12,6 +12,7 @@
 #   CARGO_TARGET_DIR            where to build (default: target/static, apart from other builds)
 #   XRAYD_STATIC_NO_INSTALL=1   install nothing; fail if something is missing
 #   XRAYD_STATIC_ZIGBUILD=1     cross-build with `cargo zigbuild` (see below)
+#   XRAYD_STATIC_FEATURES       cargo features to build with, e.g. `mimalloc` (see BENCHMARKS.md)
 #
 # Native builds (x86_64 on x86_64, aarch64 on aarch64) use Debian's musl-gcc. Cross-building
 # aarch64 on x86_64 needs a musl cross C compiler for ring: `aarch64-linux-musl-gcc` on PATH
@@ -35,6 +36,10 @@ case "$host" in
   arm64) host=aarch64 ;;
 esac
 target="${arch}-unknown-linux-musl"
+features=()
+if [ -n "${XRAYD_STATIC_FEATURES:-}" ]; then
+  features=(--features "$XRAYD_STATIC_FEATURES")
+fi
 target_env="${target//-/_}" # x86_64_unknown_linux_musl, as in CC_<target>
 target_upper="${target_env^^}" # as in CARGO_TARGET_<TARGET>_LINKER
 
@@ -84,8 +89,8 @@ fi
 #    panic = "abort"; musl targets link statically (static-pie) by default.
 if [ "$zig" = 1 ]; then
   command -v cargo-zigbuild >/dev/null || { say "XRAYD_STATIC_ZIGBUILD=1 but cargo-zigbuild is not installed"; exit 1; }
-  say "cargo zigbuild --release --locked --target $target"
-  cargo zigbuild --release --locked --target "$target" >&2
+  say "cargo zigbuild --release --locked --target $target ${features[*]}"
+  cargo zigbuild --release --locked --target "$target" "${features[@]}" >&2
 else
   export "CC_${target_env}=$cc"
   # Cross: the host's cc cannot link for another architecture, so the cross compiler links too.
@@ -94,8 +99,8 @@ else
     linker_var="CARGO_TARGET_${target_upper}_LINKER"
     export "$linker_var=${!linker_var:-$cc}"
   fi
-  say "CC_${target_env}=$cc cargo build --release --locked --target $target (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  cargo build --release --locked --target "$target" >&2
+  say "CC_${target_env}=$cc cargo build --release --locked --target $target ${features[*]} (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  cargo build --release --locked --target "$target" "${features[@]}" >&2
 fi
 
 bin="$CARGO_TARGET_DIR/$target/release/xrayd"
