@@ -700,3 +700,42 @@ fn local_sink_writes_each_segment_as_one_json_line() {
     assert_eq!(fake.request_count(), 0, "nothing goes to X-Ray with a sink");
     assert_eq!(counter(&counts, "received"), 40, "{counts:?}");
 }
+
+#[test]
+fn datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_one() {
+    use std::os::fd::AsRawFd;
+    // A sender that batches with UDP GSO: the kernel cuts each send into datagrams of one size,
+    // and xrayd (with UDP GRO) receives each send as one buffer that it must split again.
+    let fake = FakeXray::start();
+    let mut d = Daemon::for_fake(&fake, &[], &[]);
+    let addr = d.udp_addr();
+    let sent = docs(0..200, 900);
+    let size = HEADER.len() + 900;
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    if let Err(e) = xrayd::bench::sys::set_udp_segment(tx.as_raw_fd(), size as u16) {
+        eprintln!("SKIPPED: this kernel has no UDP GSO ({e})");
+        return;
+    }
+    // Ten sends of twenty datagrams; in the fourth, a piece of the same size without a newline.
+    let bad = vec![b'x'; size];
+    for (k, chunk) in sent.chunks(20).enumerate() {
+        let mut buf = Vec::new();
+        for (j, doc) in chunk.iter().enumerate() {
+            if k == 3 && j == 7 {
+                buf.extend_from_slice(&bad);
+            }
+            buf.extend_from_slice(support::udp::datagram(doc).as_slice());
+        }
+        assert_eq!(buf.len() % size, 0);
+        tx.send_to(&buf, addr).unwrap();
+        std::thread::sleep(millis(5));
+    }
+    let delivered = fake.wait_for_documents(sent.len(), DELIVERY);
+    let counts = stop(&mut d);
+    assert!(delivered, "{counts:?}\n{}", fake.summary());
+    assert_same_documents(&fake.delivered_documents(), &sent, "delivered");
+    assert_eq!(counter(&counts, "received"), 201, "{counts:?}");
+    assert_eq!(counter(&counts, "rejected_no_newline"), 1, "{counts:?}");
+    assert_eq!(counter(&counts, "sent"), 200, "{counts:?}");
+    assert!(d.log().contains("UDP GRO on"), "{}", d.log());
+}
