@@ -380,7 +380,8 @@ struct Step {
     kernel_drops: Option<u64>,
     kernel_drops_source: &'static str,
     snmp_rcvbuf_errors: Option<u64>,
-    cpu_ticks: Option<u64>,
+    /// CPU time of the receiving process across the step, in nanoseconds.
+    cpu_ns: Option<u64>,
     idle_rss_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
     latencies_us: Vec<u32>,
@@ -405,8 +406,8 @@ impl Step {
             .saturating_sub(self.delivered + self.unprocessed + self.kernel_drops.unwrap_or(0))
     }
 
-    fn cpu_us(&self, hz: u64) -> Option<f64> {
-        report::cpu_us_per_segment(self.cpu_ticks?, hz, self.delivered)
+    fn cpu_us(&self) -> Option<f64> {
+        report::cpu_us_per_segment(self.cpu_ns?, 1_000_000_000, self.delivered)
     }
 
     fn latency_ms(&self, p: f64) -> Option<f64> {
@@ -478,13 +479,13 @@ pub fn run(o: &Options) -> Result<Json, String> {
             (Some(t), Some(f)) => daemon_step(o, &template, t, f, step_id, rate, &log_dir)?,
             _ => raw_step(o, &template, step_id, rate)?,
         };
-        eprintln!("{}", progress_line(&label, i + 1, n, &step, hz));
+        eprintln!("{}", progress_line(&label, i + 1, n, &step));
         steps.push(step);
     }
     if o.keep_logs.is_none() {
         let _ = std::fs::remove_dir_all(&log_dir);
     }
-    let rows: Vec<Row> = steps.iter().map(|s| row(&label, s, hz)).collect();
+    let rows: Vec<Row> = steps.iter().map(|s| row(&label, s)).collect();
     eprint!("\n{}", report::table(&rows));
     let zl_input: Vec<(f64, f64)> = steps.iter().map(|s| (s.send.rate(), s.loss())).collect();
     let zero_loss = report::zero_loss_throughput(&zl_input);
@@ -532,10 +533,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
                 ),
             ]),
         ),
-        (
-            "steps",
-            Json::Arr(steps.iter().map(|s| step_json(s, hz)).collect()),
-        ),
+        ("steps", Json::Arr(steps.iter().map(step_json).collect())),
         ("zero_loss_throughput", zero_loss.into()),
         (
             "zero_loss_throughput_before_first_loss",
@@ -574,7 +572,7 @@ fn machine() -> Json {
     ])
 }
 
-fn step_json(s: &Step, hz: u64) -> Json {
+fn step_json(s: &Step) -> Json {
     let not_refused = s.send.sent.saturating_sub(s.unprocessed);
     obj([
         ("rate", s.rate.into()),
@@ -603,11 +601,8 @@ fn step_json(s: &Step, hz: u64) -> Json {
             })
             .into(),
         ),
-        (
-            "cpu_seconds",
-            s.cpu_ticks.map(|t| t as f64 / hz as f64).into(),
-        ),
-        ("cpu_us_per_segment", s.cpu_us(hz).into()),
+        ("cpu_seconds", s.cpu_ns.map(|t| t as f64 / 1e9).into()),
+        ("cpu_us_per_segment", s.cpu_us().into()),
         ("idle_rss_kib", s.idle_rss_kib.into()),
         ("peak_rss_kib", s.peak_rss_kib.into()),
         (
@@ -646,7 +641,7 @@ fn step_json(s: &Step, hz: u64) -> Json {
     ])
 }
 
-fn row(label: &str, s: &Step, hz: u64) -> Row {
+fn row(label: &str, s: &Step) -> Row {
     Row {
         target: label.to_string(),
         rate: if s.rate == 0 {
@@ -660,7 +655,7 @@ fn row(label: &str, s: &Step, hz: u64) -> Row {
         loss: s.loss(),
         kernel_drops: s.kernel_drops,
         daemon_drops: Some(s.daemon_drops()),
-        cpu_us: s.cpu_us(hz),
+        cpu_us: s.cpu_us(),
         idle_rss_kib: s.idle_rss_kib,
         peak_rss_kib: s.peak_rss_kib,
         p50_ms: s.latency_ms(50.0),
@@ -668,7 +663,7 @@ fn row(label: &str, s: &Step, hz: u64) -> Row {
     }
 }
 
-fn progress_line(label: &str, i: usize, n: usize, s: &Step, hz: u64) -> String {
+fn progress_line(label: &str, i: usize, n: usize, s: &Step) -> String {
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
     format!(
         "[{i}/{n}] {label} @ {}/s: offered {} ({:.0}/s), delivered {}, loss {:.3} % (kernel {}, daemon {}), unprocessed {}, duplicates {}, cpu {} µs/seg, rss idle {} peak {} KiB, latency p50 {} p99 {}",
@@ -685,7 +680,7 @@ fn progress_line(label: &str, i: usize, n: usize, s: &Step, hz: u64) -> String {
         s.daemon_drops(),
         s.unprocessed,
         s.duplicates,
-        opt(s.cpu_us(hz), ""),
+        opt(s.cpu_us(), ""),
         s.idle_rss_kib.map_or("-".into(), |v| v.to_string()),
         s.peak_rss_kib.map_or("-".into(), |v| v.to_string()),
         opt(s.latency_ms(50.0), " ms"),
@@ -770,7 +765,8 @@ fn daemon_step(
     let peak = Arc::new(AtomicU64::new(step.idle_rss_kib.unwrap_or(0)));
     let stop_sampler = Arc::new(AtomicBool::new(false));
     let sampler = rss_sampler(pid, peak.clone(), stop_sampler.clone());
-    let ticks0 = procfs::cpu_ticks(&stat_path);
+    let hz = sys::clock_ticks();
+    let cpu0 = procfs::cpu_nanos(&stat_path, hz);
     let snmp0 = procfs::snmp_rcvbuf_errors();
     let drops0 = procfs::udp_socket_drops(port);
     let target: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -802,8 +798,8 @@ fn daemon_step(
         }
     }
     step.drain_seconds = sent_at.elapsed().as_secs_f64();
-    step.cpu_ticks = procfs::cpu_ticks(&stat_path)
-        .zip(ticks0)
+    step.cpu_ns = procfs::cpu_nanos(&stat_path, hz)
+        .zip(cpu0)
         .map(|(a, b)| a.saturating_sub(b));
     let drops1 = procfs::udp_socket_drops(port);
     let snmp1 = procfs::snmp_rcvbuf_errors();
@@ -853,7 +849,8 @@ fn daemon_step(
 fn raw_step(o: &Options, template: &Template, step_id: u16, rate: u64) -> Result<Step, String> {
     let rx = raw::RawReceiver::start(o.daemon_cpus.clone(), o.receive_buffer)
         .map_err(|e| format!("cannot start the raw receiver: {e}"))?;
-    let ticks0 = procfs::cpu_ticks(&rx.stat_path);
+    let hz = sys::clock_ticks();
+    let cpu0 = procfs::cpu_nanos(&rx.stat_path, hz);
     let snmp0 = procfs::snmp_rcvbuf_errors();
     let drops0 = procfs::udp_socket_drops(rx.port);
     let target: SocketAddr = ([127, 0, 0, 1], rx.port).into();
@@ -876,8 +873,8 @@ fn raw_step(o: &Options, template: &Template, step_id: u16, rate: u64) -> Result
     let mut step = Step {
         rate,
         drain_seconds: sent_at.elapsed().as_secs_f64(),
-        cpu_ticks: procfs::cpu_ticks(&rx.stat_path)
-            .zip(ticks0)
+        cpu_ns: procfs::cpu_nanos(&rx.stat_path, hz)
+            .zip(cpu0)
             .map(|(a, b)| a.saturating_sub(b)),
         snmp_rcvbuf_errors: procfs::snmp_rcvbuf_errors()
             .zip(snmp0)

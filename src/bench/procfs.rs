@@ -63,6 +63,39 @@ pub fn cpu_ticks(stat_path: &str) -> Option<u64> {
     parse_stat_cpu_ticks(&fs::read_to_string(stat_path).ok()?)
 }
 
+/// Nanoseconds spent on a CPU, from the text of a `schedstat` file (its first field).
+pub fn parse_schedstat_nanos(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time of a process (`/proc/PID/stat`) or a thread (`/proc/PID/task/TID/stat`), in
+/// nanoseconds: the scheduler's own accounting (`schedstat`, summed over a process's threads),
+/// where `utime + stime` comes in clock ticks of 10 ms, too coarse for a few seconds at low rates.
+/// Without schedstat, the ticks are converted. A thread that exits takes its schedstat time with
+/// it: the harness measures across a step, during which a daemon's threads live.
+pub fn cpu_nanos(stat_path: &str, ticks_per_second: u64) -> Option<u64> {
+    let from_ticks = || cpu_ticks(stat_path).map(|t| t * 1_000_000_000 / ticks_per_second.max(1));
+    let Some(dir) = stat_path.strip_suffix("/stat") else {
+        return from_ticks();
+    };
+    let read = |path: std::path::PathBuf| {
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|s| parse_schedstat_nanos(&s))
+    };
+    let scheduled = if dir.contains("/task/") {
+        read(format!("{dir}/schedstat").into())
+    } else {
+        fs::read_dir(format!("{dir}/task")).ok().and_then(|tasks| {
+            tasks
+                .flatten()
+                .map(|t| read(t.path().join("schedstat")))
+                .try_fold(0u64, |sum, n| Some(sum + n?))
+        })
+    };
+    scheduled.or_else(from_ticks)
+}
+
 /// A KiB value of `/proc/PID/status`.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     parse_status_kib(
@@ -112,6 +145,12 @@ mod tests {
         assert_eq!(parse_stat_cpu_ticks(stat), Some(287));
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        assert_eq!(
+            parse_schedstat_nanos("1234567890 5678 42\n"),
+            Some(1_234_567_890)
+        );
+        assert_eq!(parse_schedstat_nanos(""), None);
+        assert_eq!(parse_schedstat_nanos("x 1 2"), None);
     }
 
     #[test]
@@ -151,6 +190,25 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         assert!(cpu_ticks(&format!("/proc/{me}/stat")).is_some());
+        // Burn a little CPU on this thread: its own schedstat and the process's sum see it.
+        let tid = std::fs::read_link("/proc/thread-self").unwrap();
+        let thread = format!("/proc/{}/stat", tid.to_string_lossy());
+        let process = format!("/proc/{me}/stat");
+        let (t0, p0) = (
+            cpu_nanos(&thread, 100).unwrap(),
+            cpu_nanos(&process, 100).unwrap(),
+        );
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (t1, p1) = (
+            cpu_nanos(&thread, 100).unwrap(),
+            cpu_nanos(&process, 100).unwrap(),
+        );
+        assert!(t1 - t0 >= 10_000_000, "thread: {t0} -> {t1}");
+        assert!(p1 >= p0 + (t1 - t0) / 2, "process: {p0} -> {p1}");
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         assert!(cpus_allowed(me).is_some());
     }
