@@ -100,7 +100,9 @@ impl Ingest {
             let mut worker = Worker {
                 socket,
                 poll,
-                receive_buffer: listener.receive_buffer,
+                // Workers share the socket and may pause at the same time: each plans its
+                // pauses against its share of the buffer, at the rate it sees itself.
+                receive_buffer: listener.receive_buffer / workers.max(1),
                 stop: stop.clone(),
                 queue: queue.clone(),
                 stats: stats.clone(),
@@ -153,6 +155,7 @@ impl Summaries {
 struct Worker {
     socket: mio::net::UdpSocket,
     poll: Poll,
+    /// This worker's share of the socket's receive buffer, in bytes.
     receive_buffer: usize,
     stop: Arc<AtomicBool>,
     queue: QueueWriter,
