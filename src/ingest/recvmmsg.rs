@@ -340,19 +340,37 @@ mod tests {
 
     #[test]
     fn split_buffers_flag_only_their_last_piece_as_truncated() {
-        let r = Received {
-            len: 25,
-            truncated: true,
-            segment: 10,
-        };
-        assert_eq!((r.step(), r.pieces()), (10, 3));
-        let empty = Received::default();
-        assert_eq!((empty.step(), empty.pieces()), (1, 1));
-        let single = Received {
-            len: 7,
-            truncated: false,
-            segment: 100,
-        };
-        assert_eq!((single.step(), single.pieces()), (7, 1));
+        // Three filled buffers as the kernel would leave them: a coalesced one that was
+        // truncated, an empty datagram, and a single one whose reported size exceeds its length.
+        let mut batch = RecvBatch::new(3, 32);
+        batch.bufs[0][..25].copy_from_slice(b"aaaaaaaaaabbbbbbbbbbccccc");
+        batch.bufs[2][..7].copy_from_slice(b"single!");
+        batch.received = vec![
+            Received {
+                len: 25,
+                truncated: true,
+                segment: 10,
+            },
+            Received::default(),
+            Received {
+                len: 7,
+                truncated: false,
+                segment: 100,
+            },
+        ];
+        batch.filled = 3;
+        let got: Vec<(&[u8], bool)> = batch.datagrams().collect();
+        assert_eq!(
+            got,
+            [
+                (&b"aaaaaaaaaa"[..], false),
+                (b"bbbbbbbbbb", false),
+                (b"ccccc", true),
+                (b"", false),
+                (b"single!", false),
+            ]
+        );
+        let pieces: usize = batch.received.iter().map(|r| r.pieces()).sum();
+        assert_eq!(pieces, got.len());
     }
 }
