@@ -5,6 +5,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ureq::unversioned::resolver::{DefaultResolver, Resolver};
+use ureq::unversioned::transport::DefaultConnector;
+
+use super::dns::CachingResolver;
 use crate::aws::credentials::ProvideCredentials;
 use crate::aws::sigv4::{Scope, sign_headers};
 use crate::stats::BackendError;
@@ -66,13 +70,23 @@ impl XrayClient {
         cfg: &ClientConfig,
         credentials: Arc<dyn ProvideCredentials>,
     ) -> Result<Self, String> {
+        Self::with_resolver(cfg, credentials, DefaultResolver::default())
+    }
+
+    /// [`XrayClient::new`] with another host lookup under the cache (tests point names at
+    /// loopback with it).
+    pub fn with_resolver(
+        cfg: &ClientConfig,
+        credentials: Arc<dyn ProvideCredentials>,
+        resolver: impl Resolver,
+    ) -> Result<Self, String> {
         let host = authority(&cfg.endpoint)
             .ok_or_else(|| format!("endpoint {:?} has no host", cfg.endpoint))?;
         let proxy = match &cfg.proxy {
             Some(p) => Some(ureq::Proxy::new(p).map_err(|e| format!("proxy address {p:?}: {e}"))?),
             None => None,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // Per-phase timeouts rather than a global one: with a global timeout ureq resolves
             // the host on a new thread for every request, even when a pooled connection is reused.
@@ -90,8 +104,12 @@ impl XrayClient {
                     .disable_verification(cfg.no_verify_ssl)
                     .build(),
             )
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            DefaultConnector::default(),
+            CachingResolver::new(resolver),
+        );
         Ok(XrayClient {
             agent,
             endpoint: cfg.endpoint.trim_end_matches('/').to_string(),

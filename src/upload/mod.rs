@@ -5,6 +5,7 @@
 
 pub mod backlog;
 pub mod client;
+pub mod dns;
 pub mod encode;
 pub mod retry;
 pub mod sink;
