@@ -4,11 +4,17 @@
 //! consecutive failures (X-Ray down or throttling hard) fresh batches also wait for the backoff, so
 //! an outage is not hammered. Everything here is still charged to the budget; when ingest needs room
 //! it takes the oldest segments from here first ([`EvictOldest`]).
+//!
+//! A new batch wakes the uploader that went idle last. Below full load most batches are then
+//! uploaded by the same one or two threads, whose request buffers, TLS state and connection are
+//! still in the CPU cache; a first-in-first-out wake-up would rotate every batch through all
+//! the uploaders and find each one's memory cold.
 
 use std::collections::VecDeque;
+use std::thread::Thread;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::batch::Batch;
 use crate::queue::{EvictOldest, Segment};
@@ -34,12 +40,25 @@ struct Inner {
     closed: bool,
     failure_streak: u32,
     gate_until: Option<Instant>,
+    /// Uploaders waiting in [`Backlog::take`], the most recently idle last.
+    idle: Vec<Thread>,
+}
+
+impl Inner {
+    /// Wakes the most recently idle uploader.
+    fn wake_one(&mut self) -> Option<Thread> {
+        self.idle.pop()
+    }
+
+    /// Wakes every idle uploader.
+    fn wake_all(&mut self) -> Vec<Thread> {
+        std::mem::take(&mut self.idle)
+    }
 }
 
 /// The shared backlog.
 pub struct Backlog {
     inner: Mutex<Inner>,
-    ready: Condvar,
 }
 
 impl Default for Backlog {
@@ -53,20 +72,27 @@ impl Backlog {
     pub fn new() -> Self {
         Backlog {
             inner: Mutex::new(Inner::default()),
-            ready: Condvar::new(),
         }
     }
 
     /// Adds a batch from the batcher.
     pub fn push_fresh(&self, batch: Batch) {
-        self.inner.lock().fresh.push_back(batch);
-        self.ready.notify_one();
+        let mut inner = self.inner.lock();
+        inner.fresh.push_back(batch);
+        let waiter = inner.wake_one();
+        drop(inner);
+        if let Some(t) = waiter {
+            t.unpark();
+        }
     }
 
     /// No more fresh batches will come; uploaders stop once everything is done.
     pub fn close(&self) {
-        self.inner.lock().closed = true;
-        self.ready.notify_all();
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        let waiters = inner.wake_all();
+        drop(inner);
+        waiters.iter().for_each(Thread::unpark);
     }
 
     /// Waits for the next batch to upload. `None` once closed and fully drained.
@@ -83,15 +109,23 @@ impl Backlog {
                 && inner.retry.is_empty()
                 && inner.in_flight == 0
             {
-                self.ready.notify_all();
+                let waiters = inner.wake_all();
+                drop(inner);
+                waiters.iter().for_each(Thread::unpark);
                 return None;
             }
-            match next_wake(&inner) {
-                Some(at) => {
-                    self.ready.wait_until(&mut inner, at);
-                }
-                None => self.ready.wait(&mut inner),
+            // Park outside the lock; an unpark that comes first makes the park return at once,
+            // and waking up with nothing to do just goes round again.
+            let me = std::thread::current();
+            inner.idle.push(me.clone());
+            let wake_at = next_wake(&inner);
+            drop(inner);
+            match wake_at {
+                Some(at) => std::thread::park_timeout(at.saturating_duration_since(now)),
+                None => std::thread::park(),
             }
+            inner = self.inner.lock();
+            inner.idle.retain(|t| t.id() != me.id());
         }
     }
 
@@ -108,12 +142,15 @@ impl Backlog {
             && inner.in_flight == 0
             && inner.fresh.is_empty()
             && inner.retry.is_empty();
-        drop(inner);
         // Only wake the idle uploaders when this changes what they wait for: waking them all
         // after every delivery made each batch cost every idle uploader a futile wake-up.
-        if opened_gate || last_at_close {
-            self.ready.notify_all();
-        }
+        let waiters = if opened_gate || last_at_close {
+            inner.wake_all()
+        } else {
+            Vec::new()
+        };
+        drop(inner);
+        waiters.iter().for_each(Thread::unpark);
     }
 
     /// The batch failed in a retryable way: it waits until `not_before`. `gate_until` is when
@@ -132,8 +169,9 @@ impl Backlog {
             .position(|p| p.batch.opened > pending.batch.opened)
             .unwrap_or(inner.retry.len());
         inner.retry.insert(pos, pending);
+        let waiters = inner.wake_all();
         drop(inner);
-        self.ready.notify_all();
+        waiters.iter().for_each(Thread::unpark);
     }
 
     /// Current consecutive failures.
@@ -343,6 +381,43 @@ mod tests {
         assert!(rx.try_recv().is_err(), "gated for an hour");
         bl.finished(true);
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Some(vec![9])));
+    }
+
+    #[test]
+    fn a_new_batch_goes_to_the_uploader_that_went_idle_last() {
+        let bl = Arc::new(Backlog::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let idle = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while bl.inner.lock().idle.len() < n {
+                assert!(Instant::now() < deadline, "uploader {n} never went idle");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        for (i, name) in ["first", "second", "third"].into_iter().enumerate() {
+            let (bl, tx) = (bl.clone(), tx.clone());
+            std::thread::spawn(move || {
+                while let Some(p) = bl.take() {
+                    let _ = tx.send((name, tags(&p.batch)));
+                    bl.finished(true);
+                }
+            });
+            idle(i + 1);
+        }
+        bl.push_fresh(batch(&[1]));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(("third", vec![1]))
+        );
+        // Once it is idle again, it is again the last one to have gone idle.
+        idle(3);
+        bl.push_fresh(batch(&[2]));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(("third", vec![2]))
+        );
+        idle(3);
+        bl.close();
     }
 
     #[test]
