@@ -383,8 +383,15 @@ fn open_append(path: &str) -> io::Result<File> {
 impl Destination {
     fn open(output: Output) -> io::Result<Destination> {
         let out = match output {
-            Output::Stdout => Target::Stream(Box::new(io::stdout())),
-            Output::Stderr => Target::Stream(Box::new(io::stderr())),
+            // Buffered: the lines gathered in one wake-up go out in one write, not one each.
+            Output::Stdout => Target::Stream(Box::new(io::BufWriter::with_capacity(
+                64 * 1024,
+                io::stdout(),
+            ))),
+            Output::Stderr => Target::Stream(Box::new(io::BufWriter::with_capacity(
+                64 * 1024,
+                io::stderr(),
+            ))),
             Output::Writer(w) => Target::Stream(w),
             Output::File { path, rotate_at } => {
                 let file = open_append(&path)?;
