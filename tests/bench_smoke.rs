@@ -93,6 +93,17 @@ fn bench_against_xrayd_delivers_everything_once() {
     assert!(delivered <= offered, "{json}");
     assert!(s["idle_rss_kib"].as_u64().unwrap() > 0, "{json}");
     assert!(s["latency_ms"]["p99"].as_f64().is_some(), "{json}");
+    // The CPU is broken down by xrayd's named threads; the groups add up to the total.
+    let by_thread = s["cpu_us_per_segment_by_thread"].as_object().unwrap();
+    for group in ["xrayd-ingest", "xrayd-batch", "xrayd-upload"] {
+        assert!(by_thread.contains_key(group), "no {group}: {json}");
+    }
+    let sum: f64 = by_thread.values().map(|v| v.as_f64().unwrap()).sum();
+    let total = s["cpu_us_per_segment"].as_f64().unwrap();
+    assert!(
+        (sum - total).abs() <= total * 0.05 + 0.5,
+        "{sum} vs {total}: {json}"
+    );
     // xrayd's own shutdown line was read back.
     assert_eq!(
         s["daemon_counts"]["received"].as_u64(),

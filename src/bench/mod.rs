@@ -36,9 +36,10 @@ pub fn usage() -> &'static str {
 
 Benchmarks an X-Ray daemon: sends benchmark segments over UDP at each rate, receives the uploads
 in an in-process fake X-Ray, and reports per step what was offered and delivered, kernel and
-daemon drops, CPU µs per delivered segment, idle and peak RSS, delivery latency p50/p99, and the
-zero-loss throughput (fastest step losing < 0.1 %). A progress line per step and a table go to
-stderr; JSON to stdout. Each step runs a fresh daemon.
+daemon drops, CPU µs per delivered segment (also per thread group, for daemons that name their
+threads), idle and peak RSS, delivery latency p50/p99, and the zero-loss throughput (fastest step
+losing < 0.1 %). A progress line per step and a table go to stderr; JSON to stdout. Each step runs
+a fresh daemon.
 
 Load:
   --rates LIST            segments/s per step, comma-separated; 0 = unpaced (default 10000,50000,100000,200000,300000)
@@ -382,6 +383,8 @@ struct Step {
     snmp_rcvbuf_errors: Option<u64>,
     /// CPU time of the receiving process across the step, in nanoseconds.
     cpu_ns: Option<u64>,
+    /// The same per thread group (thread names without their worker number), sorted by name.
+    cpu_ns_by_thread: Vec<(String, u64)>,
     idle_rss_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
     latencies_us: Vec<u32>,
@@ -408,6 +411,17 @@ impl Step {
 
     fn cpu_us(&self) -> Option<f64> {
         report::cpu_us_per_segment(self.cpu_ns?, 1_000_000_000, self.delivered)
+    }
+
+    /// CPU µs per delivered segment of each thread group.
+    fn cpu_us_by_thread(&self) -> Vec<(&str, f64)> {
+        self.cpu_ns_by_thread
+            .iter()
+            .filter_map(|(g, ns)| {
+                report::cpu_us_per_segment(*ns, 1_000_000_000, self.delivered)
+                    .map(|us| (g.as_str(), us))
+            })
+            .collect()
     }
 
     fn latency_ms(&self, p: f64) -> Option<f64> {
@@ -480,6 +494,9 @@ pub fn run(o: &Options) -> Result<Json, String> {
             _ => raw_step(o, &template, step_id, rate)?,
         };
         eprintln!("{}", progress_line(&label, i + 1, n, &step));
+        if let Some(line) = thread_line(&step) {
+            eprintln!("{line}");
+        }
         steps.push(step);
     }
     if o.keep_logs.is_none() {
@@ -603,6 +620,15 @@ fn step_json(s: &Step) -> Json {
         ),
         ("cpu_seconds", s.cpu_ns.map(|t| t as f64 / 1e9).into()),
         ("cpu_us_per_segment", s.cpu_us().into()),
+        (
+            "cpu_us_per_segment_by_thread",
+            Json::Obj(
+                s.cpu_us_by_thread()
+                    .into_iter()
+                    .map(|(g, us)| (g.to_string(), us.into()))
+                    .collect(),
+            ),
+        ),
         ("idle_rss_kib", s.idle_rss_kib.into()),
         ("peak_rss_kib", s.peak_rss_kib.into()),
         (
@@ -688,6 +714,21 @@ fn progress_line(label: &str, i: usize, n: usize, s: &Step) -> String {
     )
 }
 
+/// Where the CPU went, per thread group, for daemons that name their threads (one group says
+/// nothing more than the total).
+fn thread_line(s: &Step) -> Option<String> {
+    let groups = s.cpu_us_by_thread();
+    if groups.len() < 2 {
+        return None;
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .filter(|(_, us)| *us >= 0.005)
+        .map(|(g, us)| format!("{g} {us:.2}"))
+        .collect();
+    Some(format!("      cpu µs/seg by thread: {}", parts.join(", ")))
+}
+
 /// Sends one step's load from a thread pinned to the load CPUs.
 fn send_load(
     o: &Options,
@@ -767,6 +808,7 @@ fn daemon_step(
     let sampler = rss_sampler(pid, peak.clone(), stop_sampler.clone());
     let hz = sys::clock_ticks();
     let cpu0 = procfs::cpu_nanos(&stat_path, hz);
+    let threads0 = procfs::cpu_nanos_by_thread_group(pid);
     let snmp0 = procfs::snmp_rcvbuf_errors();
     let drops0 = procfs::udp_socket_drops(port);
     let target: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -801,6 +843,7 @@ fn daemon_step(
     step.cpu_ns = procfs::cpu_nanos(&stat_path, hz)
         .zip(cpu0)
         .map(|(a, b)| a.saturating_sub(b));
+    step.cpu_ns_by_thread = procfs::group_delta(&threads0, &procfs::cpu_nanos_by_thread_group(pid));
     let drops1 = procfs::udp_socket_drops(port);
     let snmp1 = procfs::snmp_rcvbuf_errors();
     let hwm = procfs::status_kib(pid, "VmHWM");

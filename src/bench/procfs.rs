@@ -96,6 +96,62 @@ pub fn cpu_nanos(stat_path: &str, ticks_per_second: u64) -> Option<u64> {
     scheduled.or_else(from_ticks)
 }
 
+/// The group a thread's name belongs to: the name without a trailing `-N` worker number
+/// (`xrayd-upload-3` -> `xrayd-upload`), so that a pool of workers adds up to one line.
+pub fn thread_group(comm: &str) -> &str {
+    let comm = comm.trim_end();
+    match comm.rsplit_once('-') {
+        Some((base, n))
+            if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ => comm,
+    }
+}
+
+/// Adds `nanos` to `group` in a list of per-group totals (kept sorted by name).
+pub fn add_to_group(totals: &mut Vec<(String, u64)>, group: &str, nanos: u64) {
+    match totals.binary_search_by(|(g, _)| g.as_str().cmp(group)) {
+        Ok(i) => totals[i].1 += nanos,
+        Err(i) => totals.insert(i, (group.to_string(), nanos)),
+    }
+}
+
+/// CPU nanoseconds of a process's live threads, summed per [`thread_group`] and sorted by name.
+/// Empty when `/proc/PID/task` cannot be read.
+pub fn cpu_nanos_by_thread_group(pid: u32) -> Vec<(String, u64)> {
+    let mut totals = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return totals;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Some(nanos)) = (
+            fs::read_to_string(path.join("comm")),
+            fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| parse_schedstat_nanos(&s)),
+        ) else {
+            continue;
+        };
+        add_to_group(&mut totals, thread_group(&comm), nanos);
+    }
+    totals
+}
+
+/// Per-group CPU used between two [`cpu_nanos_by_thread_group`] readings (a group that appeared
+/// in between counts from zero).
+pub fn group_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .map(|(g, a)| {
+            let b = before.iter().find(|(h, _)| h == g).map_or(0, |(_, b)| *b);
+            (g.clone(), a.saturating_sub(b))
+        })
+        .collect()
+}
+
 /// A KiB value of `/proc/PID/status`.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     parse_status_kib(
@@ -187,6 +243,27 @@ mod tests {
     }
 
     #[test]
+    fn thread_groups_drop_the_worker_number() {
+        assert_eq!(thread_group("xrayd-upload-3\n"), "xrayd-upload");
+        assert_eq!(thread_group("xrayd-ingest-0"), "xrayd-ingest");
+        assert_eq!(thread_group("xrayd-batch"), "xrayd-batch");
+        assert_eq!(thread_group("xray"), "xray");
+        assert_eq!(thread_group("w-"), "w-");
+        assert_eq!(thread_group("-7"), "-7");
+        assert_eq!(thread_group("pool-1a"), "pool-1a");
+        let mut totals = Vec::new();
+        for (name, ns) in [("b-1", 5), ("a", 1), ("b-2", 7), ("a", 2)] {
+            add_to_group(&mut totals, thread_group(name), ns);
+        }
+        assert_eq!(totals, vec![("a".to_string(), 3), ("b".to_string(), 12)]);
+        let before = vec![("a".to_string(), 3), ("gone".to_string(), 9)];
+        assert_eq!(
+            group_delta(&before, &totals),
+            vec![("a".to_string(), 0), ("b".to_string(), 12)]
+        );
+    }
+
+    #[test]
     fn reads_this_process() {
         let me = std::process::id();
         assert!(cpu_ticks(&format!("/proc/{me}/stat")).is_some());
@@ -209,6 +286,14 @@ mod tests {
         );
         assert!(t1 - t0 >= 10_000_000, "thread: {t0} -> {t1}");
         assert!(p1 >= p0 + (t1 - t0) / 2, "process: {p0} -> {p1}");
+        // This thread's CPU shows under its group (the test harness names threads by test).
+        let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        let groups = cpu_nanos_by_thread_group(me);
+        let mine = groups.iter().find(|(g, _)| g == thread_group(&name));
+        assert!(
+            mine.is_some_and(|(_, ns)| *ns >= t1 - t0),
+            "{name:?} in {groups:?}"
+        );
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         assert!(cpus_allowed(me).is_some());
     }
