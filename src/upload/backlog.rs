@@ -102,6 +102,18 @@ impl Backlog {
             let now = Instant::now();
             if let Some(p) = take_due(&mut inner, now) {
                 inner.in_flight += 1;
+                // More work that can go now (the backlog after a gate or a retry time, or batches
+                // that came faster than uploaders woke): pass the wake-up on, so that idle
+                // uploaders join one after the other instead of one uploader draining it alone.
+                let next = if has_due(&inner, now) {
+                    inner.wake_one()
+                } else {
+                    None
+                };
+                drop(inner);
+                if let Some(t) = next {
+                    t.unpark();
+                }
                 return Some(p);
             }
             if inner.closed
@@ -203,6 +215,12 @@ fn take_due(inner: &mut Inner, now: Instant) -> Option<Pending> {
         });
     }
     None
+}
+
+/// True when [`take_due`] would find something.
+fn has_due(inner: &Inner, now: Instant) -> bool {
+    let gated = inner.gate_until.is_some_and(|g| g > now);
+    (!gated && !inner.fresh.is_empty()) || inner.retry.iter().any(|p| p.not_before <= now)
 }
 
 fn next_wake(inner: &Inner) -> Option<Instant> {
@@ -418,6 +436,53 @@ mod tests {
         );
         idle(3);
         bl.close();
+    }
+
+    #[test]
+    fn when_a_gate_opens_idle_uploaders_join_in() {
+        let bl = Arc::new(Backlog::new());
+        // Gated for 200 ms; the failed batches wait an hour.
+        let far = Instant::now() + Duration::from_secs(3600);
+        for i in 0..GATE_AFTER_FAILURES as u8 {
+            bl.push_fresh(batch(&[i]));
+            let p = bl.take().unwrap();
+            let gate = Instant::now() + Duration::from_millis(200);
+            bl.retry_later(
+                Pending {
+                    attempts: 1,
+                    not_before: far,
+                    ..p
+                },
+                gate,
+            );
+        }
+        // Four uploaders wait; four batches arrive while the gate is shut. Each uploader keeps
+        // its batch (an upload that takes long): only wake-ups can bring in the others.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for _ in 0..4 {
+            let (bl, tx) = (bl.clone(), tx.clone());
+            std::thread::spawn(move || {
+                if let Some(p) = bl.take() {
+                    let _ = tx.send(tags(&p.batch));
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bl.inner.lock().idle.len() < 4 {
+            assert!(Instant::now() < deadline, "uploaders never went idle");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for t in 10..14 {
+            bl.push_fresh(batch(&[t]));
+        }
+        let mut got: Vec<u8> = (0..4)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(5))
+                    .expect("an idle uploader was left asleep after the gate opened")[0]
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![10, 11, 12, 13]);
     }
 
     #[test]
