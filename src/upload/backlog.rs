@@ -318,8 +318,8 @@ mod tests {
         assert_eq!((tags(&r.batch), r.attempts), (vec![1], 1));
     }
 
-    /// Fails batches until fresh ones are gated, for an hour.
-    fn fail_until_gated(bl: &Backlog) {
+    /// Fails batches until fresh ones are gated until `gate`; the failed batches wait an hour.
+    fn fail_until_gated(bl: &Backlog, gate: Instant) {
         let far = Instant::now() + Duration::from_secs(3600);
         for i in 0..GATE_AFTER_FAILURES as u8 {
             bl.push_fresh(batch(&[i]));
@@ -330,15 +330,28 @@ mod tests {
                     not_before: far,
                     ..p
                 },
-                far,
+                gate,
             );
+        }
+    }
+
+    fn an_hour() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Waits until `n` uploaders are parked in `take`.
+    fn wait_idle(bl: &Backlog, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bl.inner.lock().idle.len() < n {
+            assert!(Instant::now() < deadline, "uploader {n} never went idle");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     #[test]
     fn a_failure_streak_gates_fresh_batches() {
         let bl = Backlog::new();
-        fail_until_gated(&bl);
+        fail_until_gated(&bl, an_hour());
         bl.push_fresh(batch(&[9]));
         assert!(bl.inner.lock().gate_until.is_some());
         assert!(
@@ -392,7 +405,7 @@ mod tests {
     #[test]
     fn a_success_that_opens_the_gate_wakes_a_waiting_uploader() {
         let bl = Arc::new(Backlog::new());
-        fail_until_gated(&bl);
+        fail_until_gated(&bl, an_hour());
         bl.push_fresh(batch(&[9]));
         bl.inner.lock().in_flight += 1; // a batch whose upload is under way
         let rx = waiters(&bl, 1);
@@ -405,13 +418,7 @@ mod tests {
     fn a_new_batch_goes_to_the_uploader_that_went_idle_last() {
         let bl = Arc::new(Backlog::new());
         let (tx, rx) = crossbeam_channel::unbounded();
-        let idle = |n: usize| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while bl.inner.lock().idle.len() < n {
-                assert!(Instant::now() < deadline, "uploader {n} never went idle");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
+        let idle = |n: usize| wait_idle(&bl, n);
         for (i, name) in ["first", "second", "third"].into_iter().enumerate() {
             let (bl, tx) = (bl.clone(), tx.clone());
             std::thread::spawn(move || {
@@ -441,21 +448,7 @@ mod tests {
     #[test]
     fn when_a_gate_opens_idle_uploaders_join_in() {
         let bl = Arc::new(Backlog::new());
-        // Gated for 200 ms; the failed batches wait an hour.
-        let far = Instant::now() + Duration::from_secs(3600);
-        for i in 0..GATE_AFTER_FAILURES as u8 {
-            bl.push_fresh(batch(&[i]));
-            let p = bl.take().unwrap();
-            let gate = Instant::now() + Duration::from_millis(200);
-            bl.retry_later(
-                Pending {
-                    attempts: 1,
-                    not_before: far,
-                    ..p
-                },
-                gate,
-            );
-        }
+        fail_until_gated(&bl, Instant::now() + Duration::from_millis(200));
         // Four uploaders wait; four batches arrive while the gate is shut. Each uploader keeps
         // its batch (an upload that takes long): only wake-ups can bring in the others.
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -467,11 +460,7 @@ mod tests {
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while bl.inner.lock().idle.len() < 4 {
-            assert!(Instant::now() < deadline, "uploaders never went idle");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_idle(&bl, 4);
         for t in 10..14 {
             bl.push_fresh(batch(&[t]));
         }
