@@ -6,15 +6,15 @@
 //! it takes the oldest segments from here first ([`EvictOldest`]).
 //!
 //! A new batch wakes the uploader that went idle last. Below full load most batches are then
-//! uploaded by the same one or two threads, whose request buffers, TLS state and connection are
-//! still in the CPU cache; a first-in-first-out wake-up would rotate every batch through all
-//! the uploaders and find each one's memory cold.
+//! uploaded by the same one or two threads, whose request buffers and stacks are still in the CPU
+//! cache; a first-in-first-out wake-up would rotate every batch through all the uploaders and find
+//! each one's memory cold.
 
 use std::collections::VecDeque;
 use std::thread::Thread;
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::queue::{EvictOldest, Segment};
@@ -45,15 +45,21 @@ struct Inner {
 }
 
 impl Inner {
-    /// Wakes the most recently idle uploader.
+    /// Takes the most recently idle uploader off the idle list, to be woken by [`unlock_and_wake`].
     fn wake_one(&mut self) -> Option<Thread> {
         self.idle.pop()
     }
 
-    /// Wakes every idle uploader.
+    /// Takes every idle uploader off the idle list, to be woken by [`unlock_and_wake`].
     fn wake_all(&mut self) -> Vec<Thread> {
         std::mem::take(&mut self.idle)
     }
+}
+
+/// Releases the lock, then unparks `threads` (so that they do not wake into a held lock).
+fn unlock_and_wake(inner: MutexGuard<'_, Inner>, threads: impl IntoIterator<Item = Thread>) {
+    drop(inner);
+    threads.into_iter().for_each(|t| t.unpark());
 }
 
 /// The shared backlog.
@@ -80,10 +86,7 @@ impl Backlog {
         let mut inner = self.inner.lock();
         inner.fresh.push_back(batch);
         let waiter = inner.wake_one();
-        drop(inner);
-        if let Some(t) = waiter {
-            t.unpark();
-        }
+        unlock_and_wake(inner, waiter);
     }
 
     /// No more fresh batches will come; uploaders stop once everything is done.
@@ -91,8 +94,7 @@ impl Backlog {
         let mut inner = self.inner.lock();
         inner.closed = true;
         let waiters = inner.wake_all();
-        drop(inner);
-        waiters.iter().for_each(Thread::unpark);
+        unlock_and_wake(inner, waiters);
     }
 
     /// Waits for the next batch to upload. `None` once closed and fully drained.
@@ -110,10 +112,7 @@ impl Backlog {
                 } else {
                     None
                 };
-                drop(inner);
-                if let Some(t) = next {
-                    t.unpark();
-                }
+                unlock_and_wake(inner, next);
                 return Some(p);
             }
             if inner.closed
@@ -122,8 +121,7 @@ impl Backlog {
                 && inner.in_flight == 0
             {
                 let waiters = inner.wake_all();
-                drop(inner);
-                waiters.iter().for_each(Thread::unpark);
+                unlock_and_wake(inner, waiters);
                 return None;
             }
             // Park outside the lock; an unpark that comes first makes the park return at once,
@@ -161,8 +159,7 @@ impl Backlog {
         } else {
             Vec::new()
         };
-        drop(inner);
-        waiters.iter().for_each(Thread::unpark);
+        unlock_and_wake(inner, waiters);
     }
 
     /// The batch failed in a retryable way: it waits until `not_before`. `gate_until` is when
@@ -182,8 +179,7 @@ impl Backlog {
             .unwrap_or(inner.retry.len());
         inner.retry.insert(pos, pending);
         let waiters = inner.wake_all();
-        drop(inner);
-        waiters.iter().for_each(Thread::unpark);
+        unlock_and_wake(inner, waiters);
     }
 
     /// Current consecutive failures.
