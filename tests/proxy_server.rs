@@ -15,30 +15,16 @@ use std::time::{Duration, Instant};
 use proxy_support::{FakeSampling, json_headers, one_shot, scrape};
 use support::http::Client;
 use support::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
-use xrayd::aws::credentials::{Credentials, CredentialsError, NoCredentials, ProvideCredentials};
+use xrayd::aws::credentials::{Credentials, NoCredentials, ProvideCredentials, StaticProvider};
 use xrayd::proxy::{Config, Options, Server, Upstream};
 use xrayd::stats::Stats;
 use xrayd::upload::client::ClientConfig;
 
-struct Static(Credentials);
-
-impl ProvideCredentials for Static {
-    fn credentials(&self) -> Result<Credentials, CredentialsError> {
-        Ok(self.0.clone())
-    }
-    fn source(&self) -> &str {
-        "test"
-    }
-}
-
 fn test_creds() -> Arc<dyn ProvideCredentials> {
-    Arc::new(Static(Credentials::new(
-        TEST_ACCESS_KEY,
-        TEST_SECRET_KEY,
-        None,
-        None,
+    Arc::new(StaticProvider::new(
+        Credentials::new(TEST_ACCESS_KEY, TEST_SECRET_KEY, None, None, "test"),
         "test",
-    )))
+    ))
 }
 
 fn client_config(endpoint: &str) -> ClientConfig {
