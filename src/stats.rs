@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -168,6 +170,18 @@ impl Stats {
         self.bytes_held.fetch_sub(bytes, Relaxed);
     }
 
+    /// Records a batch X-Ray accepted: `segments` left the buffer, `unprocessed` of them were
+    /// returned unprocessed, the rest were sent. `sent` is written last (release) and read first
+    /// by [`Stats::snapshot`] (acquire), so a reader that sees a batch as sent also sees it out of
+    /// the buffer and counted in `batches_sent`: a scrape never shows it both held and sent.
+    pub fn delivered(&self, segments: u64, unprocessed: u64, bytes: u64) {
+        let unprocessed = unprocessed.min(segments);
+        self.release(segments, bytes);
+        self.unprocessed.fetch_add(unprocessed, Relaxed);
+        self.batches_sent.fetch_add(1, Relaxed);
+        self.sent.fetch_add(segments - unprocessed, Release);
+    }
+
     /// Records that a delivery attempt starts (a batch is in flight).
     pub fn upload_started(&self) {
         self.batches_in_flight.fetch_add(1, Relaxed);
@@ -264,11 +278,13 @@ impl Stats {
 
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
+        // First: see `Stats::delivered`.
+        let sent = self.sent.load(Acquire);
         Snapshot {
             received: self.received.load(Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Relaxed)),
             spillover: self.spillover.load(Relaxed),
-            sent: self.sent.load(Relaxed),
+            sent,
             unprocessed: self.unprocessed.load(Relaxed),
             rejected_by_xray: self.rejected_by_xray.load(Relaxed),
             dropped_at_shutdown: self.dropped_at_shutdown.load(Relaxed),
@@ -374,6 +390,30 @@ mod tests {
         assert!(line.starts_with("received=0 rejected=3 rejected_no_newline=0 rejected_bad_header=0 rejected_bad_json=2 rejected_too_large=1 "), "{line}");
         assert!(line.contains(" backend_http_5xx=2 "), "{line}");
         assert!(line.ends_with(" segments_held=2"), "{line}");
+    }
+
+    #[test]
+    fn a_delivered_batch_leaves_the_buffer_and_counts_once() {
+        let s = Stats::default();
+        s.hold(50, 50_000);
+        s.hold(1, 900);
+        s.delivered(50, 2, 50_000);
+        let snap = s.snapshot();
+        assert_eq!(
+            (
+                snap.sent,
+                snap.unprocessed,
+                snap.batches_sent,
+                snap.segments_held,
+                snap.bytes_held
+            ),
+            (48, 2, 1, 1, 900)
+        );
+        // More unprocessed than the batch held cannot make `sent` wrap.
+        s.hold(3, 30);
+        s.delivered(3, 7, 30);
+        let snap = s.snapshot();
+        assert_eq!((snap.sent, snap.unprocessed, snap.batches_sent), (48, 5, 2));
     }
 
     #[test]

@@ -56,9 +56,7 @@ impl Uploader {
             Delivery::Delivered { unprocessed } => {
                 let secs = started.elapsed().as_secs_f64();
                 let m = (unprocessed.len() as u64).min(n);
-                self.stats.sent.fetch_add(n - m, Relaxed);
-                self.stats.unprocessed.fetch_add(m, Relaxed);
-                self.stats.batches_sent.fetch_add(1, Relaxed);
+                self.stats.delivered(n, m, p.batch.cost);
                 if m == 0 {
                     crate::info!("Successfully sent batch of {n} segments ({secs:.3} seconds)");
                 } else {
@@ -82,7 +80,6 @@ impl Uploader {
                         );
                     }
                 }
-                self.stats.release(n, p.batch.cost);
                 self.backlog.finished(true);
             }
             Delivery::Retry { class, detail } => {
