@@ -446,6 +446,17 @@ fn outage_then_recovery() {
     let before = docs(0..50, 300);
     send_segments_paced(addr, &before, Pace::GENTLE);
     wait_delivered(&fake, 50, &case);
+    // The fake holds the documents once it has answered; the daemon must also have read that
+    // answer before the connections are cut, or it would rightly send the batch again.
+    let deadline = Instant::now() + secs(10);
+    while d.sent_batch_sizes().iter().sum::<usize>() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "first 50 not counted:\n{}",
+            d.log()
+        );
+        std::thread::sleep(millis(20));
+    }
     // Outage: the endpoint goes away (open connections reset, new ones refused) while 20
     // documents a second keep arriving.
     fwd.shutdown();

@@ -125,7 +125,6 @@ fn debug_and_dev_levels_and_silent() {
         assert!(d.stop().success());
     }
     let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-l", "silent"]), &[]);
-    std::thread::sleep(Duration::from_millis(500));
     assert!(d.stop().success());
     assert!(d.lines().is_empty(), "silent: {}", d.log());
 }
@@ -267,8 +266,7 @@ fn a_closed_log_output_does_not_stop_the_daemon() {
     let mut d = spawn_debug_stdout_unread(&dir, &sink);
     // Nobody reads stdout any more: every log write fails (EPIPE).
     drop(d.unread_stdout.take());
-    std::thread::sleep(Duration::from_millis(500));
-    let addr = find_udp_port(d.pid());
+    let addr = d.udp_socket(Duration::from_secs(10)).expect("UDP socket");
     send(addr, &junk(50), Duration::ZERO);
     let docs: Vec<Vec<u8>> = (0..3).map(|i| datagram(&segment(i, 100))).collect();
     send(addr, &docs, Duration::ZERO);
@@ -291,8 +289,7 @@ fn a_stalled_log_output_never_blocks_ingest() {
     let sink = dir.file("segments.jsonl");
     // stdout is a pipe nobody reads: it fills after 64 KiB and the log writer blocks.
     let mut d = spawn_debug_stdout_unread(&dir, &sink);
-    std::thread::sleep(Duration::from_millis(500));
-    let addr = find_udp_port(d.pid());
+    let addr = d.udp_socket(Duration::from_secs(10)).expect("UDP socket");
     // Far more log lines than the pipe (64 KiB) and the log queue hold; paced so that the kernel
     // keeps the datagrams.
     for chunk in junk(20_000).chunks(500) {
@@ -311,26 +308,4 @@ fn a_stalled_log_output_never_blocks_ingest() {
         stopping.elapsed() < Duration::from_secs(8),
         "shutdown does not wait for the stalled log forever"
     );
-}
-
-/// The daemon's UDP port, from /proc (its log is not readable in these tests).
-fn find_udp_port(pid: u32) -> std::net::SocketAddr {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|l| {
-            let s = l.to_string_lossy().into_owned();
-            s.strip_prefix("socket:[")
-                .map(|s| s.trim_end_matches(']').to_string())
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
-    for row in table.lines().skip(1) {
-        let cols: Vec<&str> = row.split_whitespace().collect();
-        if cols.len() > 9 && inodes.iter().any(|i| i == cols[9]) {
-            let port = u16::from_str_radix(cols[1].rsplit(':').next().unwrap(), 16).unwrap();
-            return format!("127.0.0.1:{port}").parse().unwrap();
-        }
-    }
-    panic!("no UDP socket of pid {pid}");
 }

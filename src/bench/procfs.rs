@@ -285,7 +285,9 @@ mod tests {
             cpu_nanos(&process, 100).unwrap(),
         );
         assert!(t1 - t0 >= 10_000_000, "thread: {t0} -> {t1}");
-        assert!(p1 >= p0 + (t1 - t0) / 2, "process: {p0} -> {p1}");
+        // The process's sum covers the threads alive when it is read (other tests' threads may
+        // have ended in between), and this one among them: it holds at least this thread's time.
+        assert!(p1 >= t1, "process: {p0} -> {p1}, thread {t1}");
         // This thread's CPU shows under its group (the test harness names threads by test).
         let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
         let groups = cpu_nanos_by_thread_group(me);

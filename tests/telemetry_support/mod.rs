@@ -142,7 +142,6 @@ pub struct Daemon {
     /// stdout, when the test asked to leave it unread.
     pub unread_stdout: Option<ChildStdout>,
     exit: Option<ExitStatus>,
-    spawned: Instant,
 }
 
 fn reader(src: impl Read + Send + 'static, lines: Lines) -> JoinHandle<()> {
@@ -200,7 +199,6 @@ impl Daemon {
             readers,
             unread_stdout,
             exit: None,
-            spawned: Instant::now(),
         }
     }
 
@@ -295,14 +293,29 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then the exit status. The daemon installs its signal handlers a moment after the
-    /// `Listening` line: a SIGTERM before that would kill it, so wait for that moment first.
-    pub fn stop(&mut self) -> ExitStatus {
-        let since_spawn = self.spawned.elapsed();
-        if since_spawn < Duration::from_millis(700) {
-            std::thread::sleep(Duration::from_millis(700) - since_spawn);
+    /// The address of the daemon's UDP socket, read from `/proc` once the socket exists (`None`
+    /// if the daemon exits or `timeout` passes first). Needs no log line, unlike
+    /// [`Daemon::udp_addr`].
+    pub fn udp_socket(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = udp_socket_of(self.pid()) {
+                return Some(addr);
+            }
+            if !self.is_running() || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        self.sigterm();
+    }
+
+    /// SIGTERM, then the exit status. The daemon installs its signal handlers before it opens
+    /// its UDP socket, and a SIGTERM before that would kill it: wait for the socket first.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = self.udp_socket(Duration::from_secs(10));
+        if self.is_running() {
+            self.sigterm();
+        }
         self.wait_exit(Duration::from_secs(20))
     }
 
@@ -778,4 +791,31 @@ impl Totals {
         }
         t
     }
+}
+
+/// The first UDP socket (IPv4 or IPv6) among `pid`'s open files, as a loopback address with its
+/// port.
+fn udp_socket_of(pid: u32) -> Option<SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(table) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for row in table.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            if cols.len() > 9 && inodes.iter().any(|i| i == cols[9]) {
+                let port = u16::from_str_radix(cols[1].rsplit(':').next()?, 16).ok()?;
+                return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+        }
+    }
+    None
 }
