@@ -438,8 +438,9 @@ fn slow_clients_time_out_without_delaying_others() {
         assert_eq!(r.status, 200);
         worst = worst.max(t.elapsed());
     }
+    // Waiting behind a slow client would take its 1 s read timeout.
     assert!(
-        worst < Duration::from_millis(600),
+        worst < Duration::from_millis(900),
         "a good client waited {worst:?}"
     );
     let text = read_all(&mut stalled, Duration::from_secs(3));
@@ -628,9 +629,17 @@ fn connection_limit_refuses_extra_clients() {
         text.starts_with("HTTP/1.1 503 ") && text.contains("too many open connections"),
         "{text}"
     );
+    // A freed slot serves the next client (once the server has seen the close).
     drop(a);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(one_shot(p.addr(), "GET", "/healthz", b"").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = one_shot(p.addr(), "GET", "/healthz", b"").status;
+        if status == 200 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 200);
 }
 
 #[test]
@@ -764,8 +773,10 @@ fn readyz_follows_the_upload_pipeline() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (after, text) = flipped.expect("readyz never flipped");
+    // Not at once: the threshold is 1 s, counted from the daemon reading the 500, which this
+    // thread sees a little later.
     assert!(
-        after >= Duration::from_millis(800),
+        after >= Duration::from_millis(500),
         "flipped after {after:?}"
     );
     assert!(

@@ -66,11 +66,13 @@ fn every_counter_adds_up_exactly() {
                 "--concurrency",
                 "1",
                 "--retry-base-delay",
-                "1s",
+                "2s",
                 "--retry-max-delay",
-                "1s",
+                "2s",
+                // Long enough that only the scripted delays time out, even on a loaded machine
+                // (a batch of 50 x 30 KB goes to a debug-build fake).
                 "--upload-timeout",
-                "1s",
+                "3s",
                 "-a",
                 "arn:aws:ec2:us-east-1:123456789012:instance/i-0fake",
             ],
@@ -91,7 +93,7 @@ fn every_counter_adds_up_exactly() {
     );
 
     // 1. Exactly one refused connection: X-Ray is down for the first attempt, back before the retry
-    //    (the retry waits at least half the 1 s base delay).
+    //    (the retry waits at least half the 2 s base delay).
     fake.down();
     send(udp, &[datagram(&segment(1, 200))], Duration::ZERO);
     d.line("Sending batch of 1 segments failed", SECS(10));
@@ -108,13 +110,13 @@ fn every_counter_adds_up_exactly() {
         Reply::Status(429),
         Reply::Status(500),
         Reply::Status(500),
-        Reply::Delay(Duration::from_millis(1500)),
-        Reply::Delay(Duration::from_millis(1500)),
+        Reply::Delay(Duration::from_secs(4)),
+        Reply::Delay(Duration::from_secs(4)),
     ]);
     let three: Vec<Vec<u8>> = (2..5).map(|i| datagram(&segment(i, 300))).collect();
     send(udp, &three, Duration::ZERO);
     assert!(
-        fake.wait_until(SECS(40), |f| f.delivered() == 4),
+        fake.wait_until(SECS(60), |f| f.delivered() == 4),
         "{}",
         d.log()
     );
@@ -144,7 +146,7 @@ fn every_counter_adds_up_exactly() {
     let big: Vec<Vec<u8>> = (100..250).map(|i| datagram(&segment(i, 30_000))).collect();
     send(udp, &big, Duration::from_millis(2));
     d.line("Segment buffer full", SECS(10));
-    assert!(fake.wait_until(SECS(10), |f| count(
+    assert!(fake.wait_until(SECS(20), |f| count(
         &f.segment_requests(),
         &Reply::Status(500)
     ) >= 4));
@@ -173,7 +175,7 @@ fn every_counter_adds_up_exactly() {
         sent: delivered,
         spillover: good as u64 - delivered,
         rejected: malformed.len() as u64,
-        timeout: count(&segs, &Reply::Delay(Duration::from_millis(1500))),
+        timeout: count(&segs, &Reply::Delay(Duration::from_secs(4))),
         refused: 1,
         http4xx: count(&segs, &Reply::Status(429)),
         http5xx: count(&segs, &Reply::Status(500)),
@@ -225,7 +227,9 @@ fn records_survive_an_outage_and_arrive_later() {
     let mut d = Daemon::spawn(
         dir.path(),
         &args(&endpoint, &["-o"]),
-        &creds(&[("XRAYD_TELEMETRY_INTERVAL_MS", "100")]),
+        // An outage of ~3 s makes ~20 records: ten per call twice over, and room to spare before
+        // the 30 kept records overflow on a slow machine.
+        &creds(&[("XRAYD_TELEMETRY_INTERVAL_MS", "150")]),
     );
     let udp = d.udp_addr();
     send(udp, &[datagram(&segment(1, 100))], Duration::ZERO);
