@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use crate::ingest::datagram::Rejection;
 use crate::stats::{BackendError, Stats};
@@ -18,8 +19,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Extra {
     /// The memory budget for buffered segments.
     pub budget_bytes: u64,
-    /// What `/readyz` answers now.
+    /// What `/readyz` answers now, from the two values below (read once, so that a scrape shows
+    /// the readiness together with the inputs it was decided on).
     pub ready: bool,
+    /// UDP ingest is running.
+    pub ingest_running: bool,
+    /// How long deliveries have been failing without a success in between.
+    pub upload_failing_for: Option<Duration>,
 }
 
 /// Escapes a label value (`\`, `"` and newlines).
@@ -213,8 +219,8 @@ pub fn render(stats: &Stats, extra: &Extra) -> String {
         "gauge",
         "How long deliveries have been failing without a success in between (0 when the last one succeeded).",
         float(
-            stats
-                .upload_failing_for()
+            extra
+                .upload_failing_for
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         ),
@@ -251,7 +257,7 @@ pub fn render(stats: &Stats, extra: &Extra) -> String {
         "xrayd_ingest_running",
         "gauge",
         "1 while UDP ingest is running.",
-        u8::from(stats.ingest_running.load(Relaxed)),
+        u8::from(extra.ingest_running),
     );
     single(
         o,
@@ -266,7 +272,6 @@ pub fn render(stats: &Stats, extra: &Extra) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn renders_counters_histogram_and_labels() {
@@ -282,6 +287,8 @@ mod tests {
             &Extra {
                 budget_bytes: 3 << 20,
                 ready: true,
+                ingest_running: true,
+                upload_failing_for: Some(Duration::from_millis(1500)),
             },
         );
         for line in [
@@ -296,6 +303,9 @@ mod tests {
             "xrayd_upload_duration_seconds_count 1",
             "xrayd_proxy_requests_total{path=\"/SamplingTargets\",status=\"200\"} 1",
             "xrayd_ready 1",
+            // Readiness inputs as the scrape decided on them, not read again.
+            "xrayd_ingest_running 1",
+            "xrayd_upload_failing_seconds 1.5",
             "# TYPE xrayd_upload_duration_seconds histogram",
         ] {
             assert!(

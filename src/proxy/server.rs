@@ -579,17 +579,17 @@ fn answer_locally(head: &Head, sh: &Shared) -> (Response, Meta) {
             Err(why) => Response::text(503, &format!("not ready: {}", why.join("; "))),
         },
         Route::Metrics => {
-            let ready = readiness(sh).is_ok();
+            let inputs = ready_inputs(sh);
+            let extra = crate::metrics::Extra {
+                budget_bytes: sh.budget_bytes,
+                ready: crate::health::readiness(&inputs).is_ok(),
+                ingest_running: inputs.ingest_running,
+                upload_failing_for: inputs.upload_failing_for,
+            };
             Response::new(
                 200,
                 crate::metrics::CONTENT_TYPE,
-                crate::metrics::render(
-                    &sh.stats,
-                    &crate::metrics::Extra {
-                        budget_bytes: sh.budget_bytes,
-                        ready,
-                    },
-                ),
+                crate::metrics::render(&sh.stats, &extra),
             )
         }
         Route::MethodNotAllowed { allow } => Response::aws_error(
@@ -608,6 +608,11 @@ fn answer_locally(head: &Head, sh: &Shared) -> (Response, Meta) {
 }
 
 fn readiness(sh: &Shared) -> Result<(), Vec<String>> {
+    crate::health::readiness(&ready_inputs(sh))
+}
+
+/// What readiness is decided on, each read once.
+fn ready_inputs(sh: &Shared) -> crate::health::ReadyInputs {
     let credentials = if sh.local_sink {
         Ok(())
     } else {
@@ -616,10 +621,10 @@ fn readiness(sh: &Shared) -> Result<(), Vec<String>> {
             None => Err("no X-Ray endpoint configured".to_string()),
         }
     };
-    crate::health::readiness(&crate::health::ReadyInputs {
+    crate::health::ReadyInputs {
         ingest_running: sh.stats.ingest_running.load(Ordering::Relaxed),
         credentials,
         upload_failing_for: sh.stats.upload_failing_for(),
         threshold: sh.options.ready_failure_threshold,
-    })
+    }
 }
