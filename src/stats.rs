@@ -158,6 +158,14 @@ impl Stats {
         self.backend_errors[class as usize].fetch_add(1, Relaxed);
     }
 
+    /// Records a failed delivery attempt that will be retried: its error class, then the retry
+    /// (release; read first by [`Stats::snapshot`], as `sent`), so a reader that sees the retry
+    /// also sees why.
+    pub fn retrying(&self, class: BackendError) {
+        self.add_backend_error(class);
+        self.retries.fetch_add(1, Release);
+    }
+
     /// Records that `bytes` in `segments` segments are now held.
     pub fn hold(&self, segments: u64, bytes: u64) {
         self.segments_held.fetch_add(segments, Relaxed);
@@ -278,8 +286,9 @@ impl Stats {
 
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
-        // First: see `Stats::delivered`.
+        // First: see `Stats::delivered` and `Stats::retrying`.
         let sent = self.sent.load(Acquire);
+        let retries = self.retries.load(Acquire);
         Snapshot {
             received: self.received.load(Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Relaxed)),
@@ -288,7 +297,7 @@ impl Stats {
             unprocessed: self.unprocessed.load(Relaxed),
             rejected_by_xray: self.rejected_by_xray.load(Relaxed),
             dropped_at_shutdown: self.dropped_at_shutdown.load(Relaxed),
-            retries: self.retries.load(Relaxed),
+            retries,
             batches_sent: self.batches_sent.load(Relaxed),
             backend_errors: std::array::from_fn(|i| self.backend_errors[i].load(Relaxed)),
             bytes_held: self.bytes_held.load(Relaxed),
@@ -414,6 +423,24 @@ mod tests {
         s.delivered(3, 7, 30);
         let snap = s.snapshot();
         assert_eq!((snap.sent, snap.unprocessed, snap.batches_sent), (48, 5, 2));
+    }
+
+    #[test]
+    fn a_retry_is_counted_with_its_cause() {
+        let s = Stats::default();
+        s.retrying(BackendError::Timeout);
+        s.retrying(BackendError::Http5xx);
+        s.retrying(BackendError::Http5xx);
+        let snap = s.snapshot();
+        assert_eq!(
+            (
+                snap.retries,
+                snap.backend_errors(BackendError::Timeout),
+                snap.backend_errors(BackendError::Http5xx),
+                snap.sent
+            ),
+            (3, 1, 2, 0)
+        );
     }
 
     #[test]

@@ -262,6 +262,13 @@ impl Worker {
                 }
             }
         }
+        // Counted before they are queued: a segment is never held or sent before it is received.
+        self.stats.received.fetch_add(tally.received, Relaxed);
+        for r in Rejection::ALL {
+            if tally.rejected[r.index()] > 0 {
+                self.stats.add_rejected(r, tally.rejected[r.index()]);
+            }
+        }
         Segment::copy_shared(&accepted, |segment| {
             if let Admission::Dropped | Admission::Queued { evicted: 1.. } =
                 self.queue.push(segment)
@@ -269,12 +276,6 @@ impl Worker {
                 self.spillover_warning();
             }
         });
-        self.stats.received.fetch_add(tally.received, Relaxed);
-        for r in Rejection::ALL {
-            if tally.rejected[r.index()] > 0 {
-                self.stats.add_rejected(r, tally.rejected[r.index()]);
-            }
-        }
         (tally.received, bytes)
     }
 

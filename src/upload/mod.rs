@@ -83,8 +83,7 @@ impl Uploader {
                 self.backlog.finished(true);
             }
             Delivery::Retry { class, detail } => {
-                self.stats.add_backend_error(class);
-                self.stats.retries.fetch_add(1, Relaxed);
+                self.stats.retrying(class);
                 p.attempts += 1;
                 let now = Instant::now();
                 let delay = self.backoff.delay(p.attempts, jitter.draw());
