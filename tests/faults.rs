@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
 use support::{
-    Behaviour, FakeXray, assert_conserved, document_id, make_segment, millis, secs, segment_index,
+    Behaviour, FakeXray, assert_conserved, document_id, make_segment, millis, poll_until, secs,
+    segment_index,
 };
 
 /// Safety limit for deliveries (debug builds on a loaded machine).
@@ -450,15 +451,11 @@ fn outage_then_recovery() {
     wait_delivered(&fake, 50, &case);
     // The fake holds the documents once it has answered; the daemon must also have read that
     // answer before the connections are cut, or it would rightly send the batch again.
-    let deadline = Instant::now() + secs(10);
-    while d.sent_batch_sizes().iter().sum::<usize>() < 50 {
-        assert!(
-            Instant::now() < deadline,
-            "first 50 not counted:\n{}",
-            d.log()
-        );
-        std::thread::sleep(millis(20));
-    }
+    poll_until(
+        secs(10),
+        || format!("first 50 not counted:\n{}", d.log()),
+        || (d.sent_batch_sizes().iter().sum::<usize>() >= 50).then_some(()),
+    );
     // Outage: the endpoint goes away (open connections reset, new ones refused) while 20
     // documents a second keep arriving.
     fwd.shutdown();

@@ -8,7 +8,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proxy_support::{FakeSampling, one_shot, parse_proxy_line};
 use support::{Daemon, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, secs};
@@ -207,15 +207,12 @@ fn daemon_serves_the_tcp_port_and_logs_its_address() {
     assert_eq!(d.count_lines("not available"), 0, "{}", d.log());
     assert_eq!(one_shot(tcp, "GET", "/healthz", b"").status, 200);
     // The TCP port opens before UDP ingest starts: ready once it has.
-    let deadline = Instant::now() + secs(10);
-    let r = loop {
-        let r = one_shot(tcp, "GET", "/readyz", b"");
-        if r.status == 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
+    let r = support::poll_until(
+        secs(10),
+        || d.log(),
+        || Some(one_shot(tcp, "GET", "/readyz", b"")).filter(|r| r.status == 200),
+    );
+    assert_eq!(r.text(), "ready\n");
     let r = one_shot(tcp, "POST", "/GetSamplingRules", b"{}");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(fake.seen_on("/GetSamplingRules")[0].signature.is_ok());

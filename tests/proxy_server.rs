@@ -631,15 +631,11 @@ fn connection_limit_refuses_extra_clients() {
     );
     // A freed slot serves the next client (once the server has seen the close).
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let status = one_shot(p.addr(), "GET", "/healthz", b"").status;
-        if status == 200 || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status, 200);
+    support::poll_until(
+        Duration::from_secs(5),
+        || "a freed slot serves no one".into(),
+        || (one_shot(p.addr(), "GET", "/healthz", b"").status == 200).then_some(()),
+    );
 }
 
 #[test]
@@ -795,23 +791,17 @@ fn readyz_follows_the_upload_pipeline() {
         fake.wait_documents(5, Duration::from_secs(5)),
         "retried batch not delivered"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ready(p.addr()).0 != 200 {
-        assert!(Instant::now() < deadline, "readyz did not recover");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::poll_until(
+        Duration::from_secs(5),
+        || "readyz did not recover".into(),
+        || (ready(p.addr()).0 == 200).then_some(()),
+    );
     // X-Ray saw the documents before answering: the daemon counts them once the answer is in.
-    let e = loop {
-        let e = scrape(p.addr());
-        if e.value("xrayd_segments_sent_total", &[]) == 5.0 {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the delivered batch was not counted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let e = support::poll_until(
+        Duration::from_secs(5),
+        || "the delivered batch was not counted".into(),
+        || Some(scrape(p.addr())).filter(|e| e.value("xrayd_segments_sent_total", &[]) == 5.0),
+    );
     assert_eq!(e.value("xrayd_ready", &[]), 1.0);
     assert_eq!(e.value("xrayd_upload_failing_seconds", &[]), 0.0);
     assert!(e.value("xrayd_upload_duration_seconds_count", &[]) >= 2.0);

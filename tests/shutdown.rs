@@ -18,7 +18,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
-use support::{Behaviour, FakeXray, assert_conserved, make_segment, millis, secs, segment_index};
+use support::{
+    Behaviour, FakeXray, RecordedRequest, assert_conserved, make_segment, millis, poll_until, secs,
+    segment_index,
+};
 
 const RETRY_ARGS: [&str; 4] = ["--retry-base-delay", "50ms", "--retry-max-delay", "1s"];
 
@@ -177,15 +180,12 @@ fn sigkill_keeps_what_was_delivered_intact() {
     let second = docs(100..200, 500);
     send_segments_paced(addr, &second, Pace::GENTLE);
     // Once a (hanging) call carries some of the second 100, they are in memory.
-    let deadline = Instant::now() + secs(30);
-    while !fake
-        .requests()
-        .iter()
-        .any(|r| r.documents.iter().any(|d| second.contains(d)))
-    {
-        assert!(Instant::now() < deadline, "{}", fake.summary());
-        std::thread::sleep(millis(20));
-    }
+    let carries_second = |r: &RecordedRequest| r.documents.iter().any(|d| second.contains(d));
+    poll_until(
+        secs(30),
+        || fake.summary(),
+        || fake.requests().iter().any(carries_second).then_some(()),
+    );
     let t0 = Instant::now();
     d.signal(libc::SIGKILL);
     let status = d.wait_exit(secs(10));

@@ -23,6 +23,25 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Polls `probe` every 20 ms until it returns `Some`, and returns that value; after `timeout`,
+/// panics with `what()`. For states the daemon reaches at a moment of its own.
+pub fn poll_until<T>(
+    timeout: Duration,
+    what: impl FnOnce() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("not within {timeout:?}: {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Send documents (one datagram each) in chunks, waiting after each chunk until
 /// `fake` has received all but `window` of them, so that the kernel's UDP
 /// receive buffer can never overflow whatever the daemon's speed. Only for
