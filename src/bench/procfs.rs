@@ -72,7 +72,8 @@ pub fn parse_schedstat_nanos(schedstat: &str) -> Option<u64> {
 /// nanoseconds: the scheduler's own accounting (`schedstat`, summed over a process's threads),
 /// where `utime + stime` comes in clock ticks of 10 ms, too coarse for a few seconds at low rates.
 /// Without schedstat, the ticks are converted. A thread that exits takes its schedstat time with
-/// it: the harness measures across a step, during which a daemon's threads live.
+/// it, but not its ticks (the kernel adds them to the process's): a process's figure is the larger
+/// of the two, so a daemon whose threads come and go is not under-counted by more than a tick.
 pub fn cpu_nanos(stat_path: &str, ticks_per_second: u64) -> Option<u64> {
     let from_ticks = || cpu_ticks(stat_path).map(|t| t * 1_000_000_000 / ticks_per_second.max(1));
     let Some(dir) = stat_path.strip_suffix("/stat") else {
@@ -93,7 +94,11 @@ pub fn cpu_nanos(stat_path: &str, ticks_per_second: u64) -> Option<u64> {
                 .try_fold(0u64, |sum, n| Some(sum + n?))
         })
     };
-    scheduled.or_else(from_ticks)
+    match (scheduled, dir.contains("/task/")) {
+        (Some(ns), false) => Some(ns.max(from_ticks().unwrap_or(0))),
+        (Some(ns), true) => Some(ns),
+        (None, _) => from_ticks(),
+    }
 }
 
 /// The group a thread's name belongs to: the name without a trailing `-N` worker number
@@ -295,6 +300,31 @@ mod tests {
         assert!(
             mine.is_some_and(|(_, ns)| *ns >= t1 - t0),
             "{name:?} in {groups:?}"
+        );
+        // A thread that ends keeps counting in its process's total.
+        let ticks = crate::bench::sys::clock_ticks();
+        let before = cpu_nanos(&process, ticks).unwrap();
+        let burned = std::thread::spawn(|| {
+            let tid = std::fs::read_link("/proc/thread-self").unwrap();
+            let me = format!("/proc/{}/stat", tid.to_string_lossy());
+            let mut x = 0u64;
+            loop {
+                for _ in 0..100_000 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                let used = cpu_nanos(&me, 100).unwrap();
+                if used >= 50_000_000 {
+                    return used;
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        let after = cpu_nanos(&process, ticks).unwrap();
+        // Within a clock tick: the ended thread's time is only in the ticks.
+        assert!(
+            after + 1_000_000_000 / ticks >= before + burned,
+            "{before} -> {after}, the ended thread used {burned}"
         );
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         assert!(cpus_allowed(me).is_some());
