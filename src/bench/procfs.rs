@@ -84,20 +84,18 @@ pub fn cpu_nanos(stat_path: &str, ticks_per_second: u64) -> Option<u64> {
             .ok()
             .and_then(|s| parse_schedstat_nanos(&s))
     };
-    let scheduled = if dir.contains("/task/") {
-        read(format!("{dir}/schedstat").into())
-    } else {
-        fs::read_dir(format!("{dir}/task")).ok().and_then(|tasks| {
-            tasks
-                .flatten()
-                .map(|t| read(t.path().join("schedstat")))
-                .try_fold(0u64, |sum, n| Some(sum + n?))
-        })
-    };
-    match (scheduled, dir.contains("/task/")) {
-        (Some(ns), false) => Some(ns.max(from_ticks().unwrap_or(0))),
-        (Some(ns), true) => Some(ns),
-        (None, _) => from_ticks(),
+    if dir.contains("/task/") {
+        return read(format!("{dir}/schedstat").into()).or_else(from_ticks);
+    }
+    let threads = fs::read_dir(format!("{dir}/task")).ok().and_then(|tasks| {
+        tasks
+            .flatten()
+            .map(|t| read(t.path().join("schedstat")))
+            .try_fold(0u64, |sum, n| Some(sum + n?))
+    });
+    match threads {
+        Some(ns) => Some(ns.max(from_ticks().unwrap_or(0))),
+        None => from_ticks(),
     }
 }
 
@@ -268,28 +266,34 @@ mod tests {
         );
     }
 
+    /// Spins on the calling thread until its own CPU time (not the wall clock: the machine may be
+    /// busy) has grown by `nanos`; returns its stat path and CPU time before and after.
+    fn burn(nanos: u64) -> (String, u64, u64) {
+        let tid = std::fs::read_link("/proc/thread-self").unwrap();
+        let stat = format!("/proc/{}/stat", tid.to_string_lossy());
+        let before = cpu_nanos(&stat, 100).unwrap();
+        let mut x = 0u64;
+        loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            let now = cpu_nanos(&stat, 100).unwrap();
+            if now >= before + nanos {
+                return (stat, before, now);
+            }
+        }
+    }
+
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
+        let ticks = crate::bench::sys::clock_ticks();
         assert!(cpu_ticks(&format!("/proc/{me}/stat")).is_some());
         // Burn a little CPU on this thread: its own schedstat and the process's sum see it.
-        let tid = std::fs::read_link("/proc/thread-self").unwrap();
-        let thread = format!("/proc/{}/stat", tid.to_string_lossy());
         let process = format!("/proc/{me}/stat");
-        let (t0, p0) = (
-            cpu_nanos(&thread, 100).unwrap(),
-            cpu_nanos(&process, 100).unwrap(),
-        );
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(30) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        let (t1, p1) = (
-            cpu_nanos(&thread, 100).unwrap(),
-            cpu_nanos(&process, 100).unwrap(),
-        );
-        assert!(t1 - t0 >= 10_000_000, "thread: {t0} -> {t1}");
+        let p0 = cpu_nanos(&process, ticks).unwrap();
+        let (_, t0, t1) = burn(10_000_000);
+        let p1 = cpu_nanos(&process, ticks).unwrap();
         // The process's sum covers the threads alive when it is read (other tests' threads may
         // have ended in between), and this one among them: it holds at least this thread's time.
         assert!(p1 >= t1, "process: {p0} -> {p1}, thread {t1}");
@@ -302,24 +306,8 @@ mod tests {
             "{name:?} in {groups:?}"
         );
         // A thread that ends keeps counting in its process's total.
-        let ticks = crate::bench::sys::clock_ticks();
         let before = cpu_nanos(&process, ticks).unwrap();
-        let burned = std::thread::spawn(|| {
-            let tid = std::fs::read_link("/proc/thread-self").unwrap();
-            let me = format!("/proc/{}/stat", tid.to_string_lossy());
-            let mut x = 0u64;
-            loop {
-                for _ in 0..100_000 {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
-                let used = cpu_nanos(&me, 100).unwrap();
-                if used >= 50_000_000 {
-                    return used;
-                }
-            }
-        })
-        .join()
-        .unwrap();
+        let burned = std::thread::spawn(|| burn(50_000_000).2).join().unwrap();
         let after = cpu_nanos(&process, ticks).unwrap();
         // Within a clock tick: the ended thread's time is only in the ticks.
         assert!(
