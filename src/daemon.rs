@@ -140,6 +140,7 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         }
     };
     crate::info!("Initializing xrayd {VERSION} (AWS X-Ray daemon compatible)");
+    crate::proxy::raise_fd_limit();
     crate::info!(
         "Using buffer memory limit of {} MB",
         s.budget_bytes / (1024 * 1024)

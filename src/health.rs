@@ -5,6 +5,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+/// What `/readyz` says instead of why credentials are missing (the detail is logged).
+pub const SEE_LOG: &str = "see the daemon's log for why";
+
 /// What readiness is judged on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyInputs {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use proxy_support::{FakeSampling, json_headers, one_shot, scrape};
 use support::http::Client;
 use support::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
-use xrayd::aws::credentials::{Credentials, NoCredentials, ProvideCredentials, StaticProvider};
+use xrayd::aws::credentials::{
+    Credentials, CredentialsError, NoCredentials, ProvideCredentials, StaticProvider,
+};
 use xrayd::proxy::{Config, Options, Server, Upstream};
 use xrayd::stats::Stats;
 use xrayd::upload::client::ClientConfig;
@@ -336,6 +338,153 @@ fn oversized_bodies_are_refused_and_never_forwarded() {
     assert_eq!(e.proxy_requests("invalid", "413"), 3.0);
 }
 
+/// A chunked body of `small` one-byte chunks with 900-byte extensions, then one `large` chunk.
+fn padded_chunked_request(small: usize, large: usize) -> Vec<u8> {
+    let mut raw = b"POST /SamplingTargets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..small {
+        raw.extend_from_slice(format!("1;pad={}\r\n \r\n", "e".repeat(900)).as_bytes());
+    }
+    raw.extend_from_slice(format!("{large:x}\r\n").as_bytes());
+    raw.extend(std::iter::repeat_n(b' ', large));
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    raw
+}
+
+#[test]
+fn chunk_framing_is_answered_or_refused_promptly_never_left_to_time_out() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            max_body: 64 * 1024,
+            read_timeout: Duration::from_secs(8),
+            ..fast_options()
+        },
+    );
+    // Decoded 60 KiB, under the limit, with 55 KiB of framing: forwarded.
+    let ok = padded_chunked_request(60, 60 * 1024);
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(&ok).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let text = read_all(&mut s, Duration::from_secs(6));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(fake.seen()[0].body.len(), 60 + 60 * 1024);
+    // Decoded 60 KiB again, but 100 KiB of extensions: more framing than the port buffers.
+    // Refused with 413 at once, not after the 8 s read timeout.
+    let big = padded_chunked_request(110, 60 * 1024);
+    let t = Instant::now();
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    let writer = std::thread::spawn({
+        let mut s = s.try_clone().unwrap();
+        move || {
+            let _ = s.write_all(&big);
+        }
+    });
+    let text = read_all(&mut s, Duration::from_secs(10));
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    let _ = writer.join();
+    assert_eq!(fake.seen().len(), 1);
+}
+
+#[test]
+fn browser_requests_are_refused_before_anything_is_signed() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            allow_all: true,
+            ..fast_options()
+        },
+    );
+    let body = br#"{"TraceSegmentDocuments":["{}"]}"#;
+    let refused: [&[(&str, &str)]; 5] = [
+        &[
+            ("Origin", "https://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        &[("Origin", "null")],
+        &[("Content-Type", "text/plain;charset=UTF-8")],
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &[("Content-Type", "multipart/form-data; boundary=b")],
+    ];
+    for headers in refused {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for path in ["/TraceSegments", "/GetSamplingRules"] {
+            let mut c = Client::connect(p.addr()).unwrap();
+            let r = c.request("POST", path, &headers, body).unwrap();
+            assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+            assert_eq!(r.header("x-amzn-errortype"), Some("BrowserRequestRefused"));
+            let msg = json(&r.body)["message"].as_str().unwrap().to_string();
+            assert!(msg.contains("web browsers"), "{msg}");
+        }
+    }
+    // With Expect: 100-continue, refused without asking for the body.
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"POST /TraceSegments HTTP/1.1\r\nOrigin: http://localhost:2000\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+    let text = read_all(&mut s, Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
+    assert!(fake.seen().is_empty(), "{:?}", fake.seen());
+    // What SDKs send goes through: JSON with or without a charset, or no Content-Type.
+    for ct in [
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        None,
+    ] {
+        let headers: Vec<(String, String)> = ct
+            .map(|v| ("Content-Type".to_string(), v.to_string()))
+            .into_iter()
+            .collect();
+        let mut c = Client::connect(p.addr()).unwrap();
+        let r = c
+            .request("POST", "/GetSamplingRules", &headers, b"{}")
+            .unwrap();
+        assert_eq!(r.status, 200, "{ct:?}: {}", r.text());
+    }
+    assert_eq!(fake.seen().len(), 3);
+    // The operator endpoints do not care.
+    let mut c = Client::connect(p.addr()).unwrap();
+    let r = c
+        .request(
+            "GET",
+            "/healthz",
+            &[("Origin".into(), "https://x".into())],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn upstream_answers_keep_their_content_type() {
+    let fake = FakeSampling::start();
+    let html = "<html><body><h1>404 Not Found</h1></body></html>";
+    fake.answer_typed(
+        "/GetSamplingRules",
+        404,
+        "text/html; charset=iso-8859-1",
+        html,
+    );
+    let p = start(&fake, fast_options());
+    let r = one_shot(p.addr(), "POST", "/GetSamplingRules", b"{}");
+    assert_eq!((r.status, r.text().as_str()), (404, html));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/html; charset=iso-8859-1")
+    );
+    let r = one_shot(p.addr(), "POST", "/SamplingTargets", b"{}");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
 #[test]
 fn expect_continue_pipelining_head_and_http10() {
     let fake = FakeSampling::start();
@@ -521,6 +670,23 @@ fn upstream_down_is_502_and_slow_upstream_is_504() {
     assert_eq!(e.proxy_requests("/GetSamplingRules", "502"), 1.0);
 }
 
+/// Credentials that fail the way a container credentials endpoint does: quoting its answer.
+struct EndpointFailure;
+
+const ENDPOINT_ANSWER: &str =
+    "<html>task role arn:aws:iam::123456789012:role/internal-only, node 10.1.2.3</html>";
+
+impl ProvideCredentials for EndpointFailure {
+    fn credentials(&self) -> Result<Credentials, CredentialsError> {
+        Err(CredentialsError(format!(
+            "container credentials endpoint answered 500: {ENDPOINT_ANSWER}"
+        )))
+    }
+    fn source(&self) -> &str {
+        "container"
+    }
+}
+
 #[test]
 fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
     let fake = FakeSampling::start();
@@ -537,16 +703,42 @@ fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-amzn-errortype"), Some("CredentialsUnavailable"));
     let msg = json(&r.body)["message"].as_str().unwrap().to_string();
-    assert!(
-        msg.contains("no AWS credentials") && msg.contains("AWS_ACCESS_KEY_ID"),
-        "{msg}"
-    );
+    assert!(msg.contains("no AWS credentials"), "{msg}");
     let r = one_shot(p.addr(), "GET", "/readyz", b"");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("no AWS credentials"), "{}", r.text());
     std::thread::sleep(Duration::from_millis(100));
     assert!(fake.seen().is_empty());
     assert_eq!(fake.connections(), 0);
+}
+
+#[test]
+fn why_credentials_are_missing_is_not_told_to_clients() {
+    let fake = FakeSampling::start();
+    let p = start_with(
+        Some(upstream(
+            &fake.endpoint(),
+            Arc::new(EndpointFailure),
+            Duration::from_secs(2),
+        )),
+        fast_options(),
+        Arc::new(Stats::default()),
+    );
+    let r = one_shot(p.addr(), "POST", "/SamplingTargets", b"{}");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        json(&r.body)["message"],
+        "xrayd has no AWS credentials to sign the request with, so it was not forwarded; see the daemon's log for why"
+    );
+    let r = one_shot(p.addr(), "GET", "/readyz", b"");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.text(),
+        "not ready: no AWS credentials: see the daemon's log for why\n"
+    );
+    let r = one_shot(p.addr(), "GET", "/metrics", b"");
+    assert!(!r.text().contains("internal-only"), "{}", r.text());
+    assert!(fake.seen().is_empty());
 }
 
 #[test]
@@ -610,32 +802,55 @@ fn many_concurrent_keep_alive_clients() {
 }
 
 #[test]
-fn connection_limit_refuses_extra_clients() {
+fn at_the_connection_limit_a_new_client_takes_the_longest_idle_ones_place() {
     let fake = FakeSampling::start();
     let p = start(
         &fake,
         Options {
             max_connections: 2,
+            idle_timeout: Duration::from_secs(60),
             ..fast_options()
         },
     );
     let mut a = Client::connect(p.addr()).unwrap();
-    let mut b = Client::connect(p.addr()).unwrap();
+    let mut b = TcpStream::connect(p.addr()).unwrap();
     assert_eq!(a.request("GET", "/healthz", &[], b"").unwrap().status, 200);
-    assert_eq!(b.request("GET", "/healthz", &[], b"").unwrap().status, 200);
+    // b is newer, and in the middle of a request.
+    b.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // A third client is served at once: the idle a makes room, not the busy b.
+    let r = one_shot(p.addr(), "GET", "/healthz", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        a.request("GET", "/healthz", &[], b"").is_err(),
+        "the longest-idle connection should have been closed"
+    );
+    b.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let text = read_all(&mut b, Duration::from_secs(3));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+
+    // Only connections waiting for X-Ray are never closed: with both slots waiting, a new
+    // client is refused.
+    fake.set_delay(Duration::from_millis(1500));
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = p.addr();
+            std::thread::spawn(move || one_shot(addr, "POST", "/GetSamplingRules", b"{}").status)
+        })
+        .collect();
+    support::poll_until(
+        Duration::from_secs(5),
+        || "both calls never reached X-Ray".into(),
+        || (fake.connections() >= 2).then_some(()),
+    );
     let mut c = TcpStream::connect(p.addr()).unwrap();
     let text = read_all(&mut c, Duration::from_secs(3));
     assert!(
         text.starts_with("HTTP/1.1 503 ") && text.contains("too many open connections"),
         "{text}"
     );
-    // A freed slot serves the next client (once the server has seen the close).
-    drop(a);
-    support::poll_until(
-        Duration::from_secs(5),
-        || "a freed slot serves no one".into(),
-        || (one_shot(p.addr(), "GET", "/healthz", b"").status == 200).then_some(()),
-    );
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200);
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! `X-Amz-*` an SDK may send), only what X-Ray needs is sent and signed (`Host`,
 //! `Content-Type: application/json`, `X-Amzn-Xray-Timestamp`, `User-Agent`, the SigV4 headers).
 //! No compression is added after signing. Connections to X-Ray are kept alive and reused.
+//! X-Ray's answer is relayed with its status, `Content-Type`, `x-amzn-ErrorType` and body.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,13 +63,22 @@ impl Upstream {
         // Never forward unsigned: without credentials, answer 503 and say why.
         if let Err(why) = self.credentials_status() {
             return Forwarded {
-                response: no_credentials(&why),
+                response: no_credentials(),
                 failure: Some(format!("no credentials: {why}")),
             };
         }
         match self.client.post(target, body) {
             Ok(answer) => {
-                let mut r = Response::new(answer.status, "application/json", answer.body);
+                // The upstream's own Content-Type (an HTML error page must not be labelled JSON).
+                let mut r = Response {
+                    status: answer.status,
+                    headers: Vec::new(),
+                    body: answer.body,
+                    close: false,
+                };
+                if let Some(t) = answer.content_type {
+                    r.headers.push(("Content-Type", t));
+                }
                 if let Some(t) = answer.error_type {
                     r.headers.push(("x-amzn-ErrorType", t));
                 }
@@ -102,14 +112,13 @@ pub struct Forwarded {
     pub failure: Option<String>,
 }
 
-/// The answer when there are no credentials to sign with.
-pub fn no_credentials(why: &str) -> Response {
+/// The answer when there are no credentials to sign with. Fixed: why goes to the log only (it
+/// may quote a credentials endpoint's answer, which is not for every client of the port).
+pub fn no_credentials() -> Response {
     Response::aws_error(
         503,
         "CredentialsUnavailable",
-        &format!(
-            "xrayd has no AWS credentials to sign the request with, so it was not forwarded: {why}"
-        ),
+        "xrayd has no AWS credentials to sign the request with, so it was not forwarded; see the daemon's log for why",
     )
 }
 

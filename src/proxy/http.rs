@@ -33,6 +33,8 @@ impl Default for Limits {
 
 impl Limits {
     /// Most raw bytes a chunked body may take on the wire (sizes, extensions, trailers included).
+    /// The decoder refuses a body as soon as it is known to need more, so that a reader holding
+    /// [`Limits::max_request`] bytes never waits for bytes it will not buffer.
     pub fn max_raw_body(&self) -> usize {
         self.max_body.saturating_mul(2).saturating_add(16 * 1024)
     }
@@ -71,6 +73,10 @@ pub struct Head {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// An `Origin` header was sent (browsers send one with every `POST`).
+    pub origin: bool,
+    /// The `Content-Type` header, if any (the last one).
+    pub content_type: Option<String>,
 }
 
 impl Head {
@@ -194,6 +200,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut origin = false;
+    let mut content_type = None;
     for h in req.headers.iter() {
         let name = h.name;
         let value = std::str::from_utf8(h.value)
@@ -233,6 +241,10 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
             } else {
                 return Err(HttpError::UnsupportedExpectation(value.to_string()));
             }
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = true;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-encoding")
             && elements(value).any(|e| !e.eq_ignore_ascii_case("identity"))
         {
@@ -281,6 +293,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
         keep_alive,
         // Only meaningful while a body is still to come.
         expect_continue: expect_continue && http11 && body != BodyKind::Empty,
+        origin,
+        content_type,
     }))
 }
 
@@ -339,20 +353,30 @@ pub fn parse_body(
 }
 
 fn parse_chunked(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let too_large = HttpError::BodyTooLarge {
+    let max_raw = limits.max_raw_body();
+    let too_large = || HttpError::BodyTooLarge {
         limit: limits.max_body,
+    };
+    // Incomplete: wait for more bytes, unless the body already took its whole raw allowance (a
+    // reader never buffers more than that, so waiting would only end in a timeout).
+    let incomplete = || {
+        if buf.len() >= max_raw {
+            Err(too_large())
+        } else {
+            Ok(None)
+        }
     };
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
-        if pos > limits.max_raw_body() {
-            return Err(too_large);
+        if pos > max_raw {
+            return Err(too_large());
         }
         let Some(eol) = find_crlf(buf, pos) else {
             return if buf.len() - pos > MAX_CHUNK_LINE {
                 Err(bad("chunk size line too long"))
             } else {
-                Ok(None)
+                incomplete()
             };
         };
         if eol - pos > MAX_CHUNK_LINE {
@@ -385,7 +409,7 @@ fn parse_chunked(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>
                     return if buf.len() - trailers_start > MAX_TRAILERS {
                         Err(bad("trailers too large"))
                     } else {
-                        Ok(None)
+                        incomplete()
                     };
                 };
                 if eol - trailers_start > MAX_TRAILERS {
@@ -399,11 +423,15 @@ fn parse_chunked(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>
             }
         }
         if size > (limits.max_body - body.len()) as u64 {
-            return Err(too_large);
+            return Err(too_large());
         }
         let size = size as usize;
+        // Refused now rather than after buffering: this chunk ends past the raw allowance.
+        if pos + size + 2 > max_raw {
+            return Err(too_large());
+        }
         if buf.len() < pos + size + 2 {
-            return Ok(None);
+            return incomplete();
         }
         if &buf[pos + size..pos + size + 2] != b"\r\n" {
             return Err(bad("chunk data not followed by CRLF"));
@@ -609,6 +637,48 @@ mod tests {
             req(&big).unwrap_err(),
             HttpError::BodyTooLarge { limit: 100 }
         );
+    }
+
+    /// Small chunks with long extensions, then one large chunk: `raw` bytes of body framing.
+    fn padded_chunks(small: usize, large: usize) -> Vec<u8> {
+        let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..small {
+            raw.extend_from_slice(format!("1;x={}\r\na\r\n", "e".repeat(900)).as_bytes());
+        }
+        raw.extend_from_slice(format!("{large:x}\r\n").as_bytes());
+        raw.extend(std::iter::repeat_n(b'b', large));
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        raw
+    }
+
+    #[test]
+    fn chunk_framing_within_the_raw_allowance_or_refused_before_the_reader_stalls() {
+        let l = Limits::default(); // 64 KiB decoded, 144 KiB raw
+        // 60 KiB raw of extensions and a 60 KiB chunk: decoded 60 KiB, answered.
+        let ok = padded_chunks(60, 60 * 1024);
+        let (r, n) = parse_request(&ok, &l).unwrap().unwrap();
+        assert_eq!((r.body.len(), n), (60 + 60 * 1024, ok.len()));
+        // 100 KiB of extensions and a 60 KiB chunk: decoded under the limit, but the raw body
+        // is larger than a reader buffers. Refused as soon as the large chunk's size is read,
+        // not left waiting for bytes the reader will never take.
+        let big = padded_chunks(110, 60 * 1024);
+        assert!(big.len() < l.max_request() + 64 * 1024);
+        let size_line_end = big.len() - 60 * 1024 - 7;
+        for cut in [size_line_end, big.len()] {
+            assert_eq!(
+                parse_request(&big[..cut], &l).unwrap_err(),
+                HttpError::BodyTooLarge { limit: l.max_body },
+                "cut at {cut}"
+            );
+        }
+        // Whatever the framing, a buffer of `max_request` bytes is never "incomplete".
+        for small in [0, 50, 100, 140, 150, 200] {
+            let raw = padded_chunks(small, 30 * 1024);
+            let cap = raw.len().min(l.max_request());
+            if cap == l.max_request() {
+                assert_ne!(parse_request(&raw[..cap], &l), Ok(None), "small {small}");
+            }
+        }
     }
 
     #[test]

@@ -6,10 +6,30 @@
 //! small pool of worker threads that make the signed, blocking upstream call and hand the answer
 //! back through a channel and a [`mio::Waker`]. Local endpoints are answered on the loop.
 //!
+//! Whatever reaches the port (a hostile pod, slowloris clients, a slow upstream), memory stays
+//! bounded and `/healthz` / `/readyz` keep answering:
+//! - **Memory.** Bytes held for clients' requests (read buffers, and bodies waiting for or in an
+//!   upstream call) are at most [`FREE_PER_CONNECTION`] per connection plus a shared pool of
+//!   [`Options::buffer_pool`] (4 MiB): about 8 MiB for 1,024 connections, whatever the budget.
+//!   A request that needs more while the pool is spent gets `503 ProxyBusy` and its connection
+//!   is closed; buffers are shrunk once a request is consumed and freed when a connection is idle
+//!   or closed. A health probe fits in the free part, so it never waits for the pool.
+//! - **Connections and file descriptors.** The daemon raises its soft open-files limit at start
+//!   ([`raise_fd_limit`]); the port keeps at most [`Options::max_connections`] client
+//!   connections, fewer when the open-files limit would not leave an eighth (at least 64) of the
+//!   descriptors to uploads, credentials and files. A connection arriving at the limit takes the
+//!   place of the longest-idle one (else of the oldest unfinished request), so a new client, a
+//!   probe in particular, is always served. When accepting fails for lack of descriptors anyway,
+//!   the port lowers its limit below what it holds, closes connections to get there, and accepts
+//!   again (no busy loop: a failed accept is retried on the next tick).
+//! - **Time.** Requests must arrive within `read_timeout`; slow upstream calls run on workers,
+//!   never on the loop.
+//!
 //! - [`http`]: pure request parsing and response encoding (fuzzable).
 //! - [`routes`]: which paths are served, and how.
 //! - [`forward`]: the signed call to X-Ray.
 
+mod fdlimit;
 pub mod forward;
 pub mod http;
 pub mod routes;
@@ -44,9 +64,17 @@ pub struct Options {
     pub workers: usize,
     /// Forwarded requests waiting for a worker before new ones get 503.
     pub queue: usize,
-    /// Open client connections; more are refused with 503.
+    /// Open client connections (fewer if the open-files limit is low); a new one takes the place
+    /// of the longest-idle one.
     pub max_connections: usize,
+    /// Bytes of requests held for all connections together beyond [`FREE_PER_CONNECTION`] each
+    /// (503 when spent).
+    pub buffer_pool: usize,
 }
+
+/// Request bytes each connection may hold without drawing on [`Options::buffer_pool`]: enough
+/// for a probe or a typical sampling call.
+pub const FREE_PER_CONNECTION: usize = 4 * 1024;
 
 impl Default for Options {
     fn default() -> Self {
@@ -59,7 +87,20 @@ impl Default for Options {
             workers: 4,
             queue: 256,
             max_connections: 1024,
+            buffer_pool: 4 * 1024 * 1024,
         }
+    }
+}
+
+/// Raises the soft open-files limit towards the hard limit (see the module doc); called once at
+/// start-up.
+pub fn raise_fd_limit() {
+    match fdlimit::raise() {
+        Some((before, after)) if after > before => {
+            crate::debug!("Raised the open-files limit from {before} to {after}")
+        }
+        Some((soft, _)) => crate::debug!("Open-files limit: {soft}"),
+        None => crate::debug!("Cannot read the open-files limit"),
     }
 }
 

@@ -71,6 +71,41 @@ pub fn route(method: &str, path: &str, allow_all: bool) -> Route {
     }
 }
 
+/// The IAM permission a forwarded call needs (by its metrics label), for the hint logged when
+/// X-Ray refuses it.
+pub fn permission(label: &str) -> Option<&'static str> {
+    match label {
+        "/GetSamplingRules" => Some("xray:GetSamplingRules"),
+        "/SamplingTargets" => Some("xray:GetSamplingTargets"),
+        "/SamplingStatisticSummaries" => Some("xray:GetSamplingStatisticSummaries"),
+        _ => None,
+    }
+}
+
+/// Why a request looks like it comes from a web browser, if it does (such requests are
+/// refused: with `--proxy-allow-all` a web page could otherwise call X-Ray's write APIs with the
+/// daemon's credentials, and even the sampling APIs should not be a page's to call).
+///
+/// Browsers send `Origin` with every `POST` (`fetch`, forms, DNS rebinding included). Without a
+/// CORS preflight, which xrayd never answers, a page can only send `text/plain`,
+/// `application/x-www-form-urlencoded` or `multipart/form-data` bodies, so those are refused too.
+/// X-Ray SDKs send `application/json` (Python/botocore, Node, Go, Java, Ruby, .NET, and
+/// OpenTelemetry's samplers, some with `; charset=utf-8`) or no `Content-Type`, and no `Origin`.
+pub fn from_browser(origin: bool, content_type: Option<&str>) -> Option<String> {
+    if origin {
+        return Some("it has an Origin header".to_string());
+    }
+    let media = content_type?.split(';').next().unwrap_or("").trim();
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ]
+    .iter()
+    .any(|t| media.eq_ignore_ascii_case(t))
+    .then(|| format!("its Content-Type is {media}, not application/json"))
+}
+
 /// The body of a 404: what is served instead.
 pub fn not_found_message(path: &str) -> String {
     let shown: String = path.chars().take(200).collect();
@@ -107,6 +142,38 @@ mod tests {
         assert_eq!(route("POST", "*", true), Route::NotFound);
         assert_eq!(route("POST", "/getsamplingrules", false), Route::NotFound);
         assert_eq!(label("/TraceSegments"), OTHER_LABEL);
+    }
+
+    #[test]
+    fn browser_requests_are_told_from_sdk_ones() {
+        for ct in [
+            None,
+            Some("application/json"),
+            Some("application/json; charset=UTF-8"),
+            Some("Application/JSON;charset=utf-8"),
+            Some("application/x-amz-json-1.1"),
+            Some(""),
+        ] {
+            assert_eq!(from_browser(false, ct), None, "{ct:?}");
+        }
+        for ct in [
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("Multipart/Form-Data; boundary=x"),
+        ] {
+            let why = from_browser(false, ct).expect("refused");
+            assert!(why.contains("Content-Type"), "{why}");
+        }
+        assert!(
+            from_browser(true, Some("application/json"))
+                .unwrap()
+                .contains("Origin")
+        );
+        assert_eq!(
+            permission("/SamplingTargets"),
+            Some("xray:GetSamplingTargets")
+        );
+        assert_eq!(permission(OTHER_LABEL), None);
     }
 
     #[test]

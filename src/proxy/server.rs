@@ -4,7 +4,8 @@
 //! flush pending output, then (unless a forwarded request is in flight) read what is available
 //! and parse the next request. Requests on one connection are answered in order, one at a time;
 //! pipelined bytes wait in the connection's buffer. Timeouts are checked by a sweep every
-//! [`SWEEP`].
+//! [`SWEEP`]. Request bytes are accounted in a [`Pool`] and connections are counted against a
+//! limit that leaves file descriptors to the rest of the daemon (see the parent module's doc).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -20,7 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::forward::{Upstream, no_upstream};
 use super::http::{self, CONTINUE, Head, HttpError, Limits, Response};
 use super::routes::{self, INVALID_LABEL, Route};
-use super::{Config, Options};
+use super::{Config, FREE_PER_CONNECTION, Options, fdlimit};
 use crate::log::Throttle;
 use crate::stats::Stats;
 
@@ -30,6 +31,11 @@ const FIRST_CONN: usize = 2;
 /// How often timeouts are checked (their precision).
 const SWEEP: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 16 * 1024;
+/// Descriptors left free when accepting failed for lack of them (the connection limit is lowered
+/// to leave this many to the rest of the daemon).
+const FD_HEADROOM: usize = 32;
+/// The connection limit is never lowered below this.
+const MIN_CONNECTIONS: usize = 16;
 
 /// What the loop and the workers share.
 struct Shared {
@@ -40,6 +46,39 @@ struct Shared {
     budget_bytes: u64,
     local_sink: bool,
     failures_logged: Throttle,
+    /// X-Ray refused a forwarded call (403, 404): logged with a hint, each sampling API on its
+    /// own (one permission may be missing and not the others), then every other path.
+    refusals_logged: [Throttle; 4],
+    /// The port is under pressure (connection limit, file descriptors, pool spent).
+    pressure_logged: Throttle,
+    /// Credentials failures seen by `/readyz` (the detail goes to the log, not to the client).
+    readiness_logged: Throttle,
+}
+
+/// The request bytes connections may hold beyond their free part (see the parent module's
+/// doc). Owned by the loop thread.
+struct Pool {
+    cap: usize,
+    used: usize,
+}
+
+impl Pool {
+    fn available(&self) -> usize {
+        self.cap.saturating_sub(self.used)
+    }
+
+    /// Takes `n` bytes if that many are left.
+    fn take(&mut self, n: usize) -> bool {
+        let ok = n <= self.available();
+        if ok {
+            self.used += n;
+        }
+        ok
+    }
+
+    fn give(&mut self, n: usize) {
+        self.used = self.used.saturating_sub(n);
+    }
 }
 
 /// A request for a worker.
@@ -48,12 +87,15 @@ struct Job {
     target: String,
     body: Vec<u8>,
     label: &'static str,
+    /// Bytes taken from the pool for the body, given back when the answer comes.
+    charge: usize,
 }
 
 /// A worker's answer.
 struct Done {
     conn: usize,
     response: Response,
+    charge: usize,
 }
 
 /// How to answer the request being served.
@@ -91,8 +133,19 @@ pub(super) fn spawn(listener: std::net::TcpListener, cfg: Config) -> Result<Hand
         budget_bytes: cfg.budget_bytes,
         local_sink: cfg.local_sink,
         failures_logged: Throttle::new(Duration::from_secs(10)),
+        refusals_logged: std::array::from_fn(|_| Throttle::new(Duration::from_secs(60))),
+        pressure_logged: Throttle::new(Duration::from_secs(60)),
+        readiness_logged: Throttle::new(Duration::from_secs(60)),
         options,
     });
+    let soft = fdlimit::current().map(|(soft, _)| soft);
+    let max_conns = fdlimit::max_connections(shared.options.max_connections, soft);
+    if max_conns < shared.options.max_connections {
+        crate::info!(
+            "Sampling proxy: keeping at most {max_conns} client connections (open-files limit {})",
+            soft.unwrap_or_default()
+        );
+    }
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(shared.options.queue.max(1));
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     if shared.upstream.is_some() {
@@ -110,6 +163,7 @@ pub(super) fn spawn(listener: std::net::TcpListener, cfg: Config) -> Result<Hand
         }
     }
     drop(done_tx);
+    let pool = shared.options.buffer_pool;
     let lp = Loop {
         poll,
         listener,
@@ -120,6 +174,8 @@ pub(super) fn spawn(listener: std::net::TcpListener, cfg: Config) -> Result<Hand
         next_id: FIRST_CONN,
         accept_again: false,
         stop: stop.clone(),
+        pool: Pool { cap: pool, used: 0 },
+        max_conns,
     };
     let thread = std::thread::Builder::new()
         .name("xrayd-proxy".into())
@@ -133,6 +189,7 @@ fn worker(sh: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>, waker: &Waker)
     while let Ok(job) = jobs.recv() {
         let started = Instant::now();
         let out = upstream.forward(&job.target, &job.body);
+        drop(job.body);
         crate::debug!(
             "Proxy: POST {} forwarded to X-Ray: {} ({:.1} ms)",
             job.label,
@@ -153,10 +210,14 @@ fn worker(sh: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>, waker: &Waker)
                 job.label
             );
         }
+        if out.failure.is_none() {
+            log_refusal(sh, &out.response, job.label);
+        }
         if done
             .send(Done {
                 conn: job.conn,
                 response: out.response,
+                charge: job.charge,
             })
             .is_err()
         {
@@ -164,6 +225,43 @@ fn worker(sh: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>, waker: &Waker)
         }
         let _ = waker.wake();
     }
+}
+
+/// X-Ray refused a forwarded call: say at warn (rate-limited) what is most likely missing.
+fn log_refusal(sh: &Shared, r: &Response, label: &'static str) {
+    let hint = match r.status {
+        401 | 403 => match routes::permission(label) {
+            Some(p) => format!(
+                "the daemon's credentials most likely lack the IAM permission {p}; grant it to the role or user xrayd runs as"
+            ),
+            None => "the daemon's credentials are not allowed to call this X-Ray API".to_string(),
+        },
+        404 => "the endpoint does not serve this X-Ray API; check --endpoint and the region"
+            .to_string(),
+        _ => return,
+    };
+    let which = routes::SAMPLING_PATHS
+        .iter()
+        .position(|p| *p == label)
+        .unwrap_or(routes::SAMPLING_PATHS.len());
+    let Some(suppressed) = sh.refusals_logged[which].allow(Instant::now()) else {
+        return;
+    };
+    let kind = r
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-ErrorType"))
+        .map(|(_, v)| format!(" {}", v.split(':').next().unwrap_or(v)))
+        .unwrap_or_default();
+    let more = if suppressed > 0 {
+        format!(" ({suppressed} similar refusals not logged)")
+    } else {
+        String::new()
+    };
+    crate::warn!(
+        "Sampling proxy: X-Ray refused POST {label}: {}{kind}: {hint}{more}",
+        r.status
+    );
 }
 
 struct Loop {
@@ -177,6 +275,9 @@ struct Loop {
     /// The last accept failed (e.g. out of file descriptors): try again on the next tick.
     accept_again: bool,
     stop: Arc<AtomicBool>,
+    pool: Pool,
+    /// Most client connections kept (lowered when file descriptors run out).
+    max_conns: usize,
 }
 
 impl Loop {
@@ -205,6 +306,7 @@ impl Loop {
                 self.accept();
             }
             while let Ok(d) = self.done.try_recv() {
+                self.pool.give(d.charge);
                 if let Some(c) = self.conns.get_mut(&d.conn)
                     && let Some(meta) = c.pending.take()
                 {
@@ -225,7 +327,8 @@ impl Loop {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _peer)) => {
-                    if self.conns.len() >= self.shared.options.max_connections {
+                    if self.conns.len() >= self.max_conns && !self.make_room() {
+                        // Every connection waits for X-Ray: nothing can be closed.
                         let r = Response::aws_error(
                             503,
                             "TooManyConnections",
@@ -258,6 +361,33 @@ impl Loop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of file descriptors: keep fewer connections from now on, so that
+                    // uploads and credentials have some, and close some to accept this one.
+                    let lower = self
+                        .conns
+                        .len()
+                        .saturating_sub(FD_HEADROOM)
+                        .max(MIN_CONNECTIONS);
+                    if lower < self.max_conns {
+                        self.max_conns = lower;
+                        if let Some(n) = self.shared.pressure_logged.allow(Instant::now()) {
+                            crate::warn!(
+                                "Sampling proxy: out of file descriptors ({e}); keeping at most {lower} client connections from now on. Raise the open-files limit (ulimit -n) to keep more ({n} similar warnings not logged)"
+                            );
+                        }
+                    }
+                    let mut freed = false;
+                    while self.conns.len() > self.max_conns && self.make_room() {
+                        freed = true;
+                    }
+                    if !freed && !self.make_room() {
+                        // Nothing to close: the connection waits in the backlog until the
+                        // next tick.
+                        self.accept_again = true;
+                        return;
+                    }
+                }
                 Err(e) => {
                     if let Some(suppressed) = self.shared.failures_logged.allow(Instant::now()) {
                         crate::warn!(
@@ -271,11 +401,33 @@ impl Loop {
         }
     }
 
+    /// Closes the connection that matters least (the longest-idle one, else the oldest
+    /// unfinished request; never one waiting for X-Ray). `false`: nothing could be closed.
+    fn make_room(&mut self) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.pending.is_none())
+            .min_by_key(|(_, c)| c.eviction_rank())
+            .map(|(id, _)| *id);
+        let Some(id) = victim else {
+            return false;
+        };
+        if let Some(n) = self.shared.pressure_logged.allow(Instant::now()) {
+            crate::warn!(
+                "Sampling proxy: {} client connections open (the limit); closing the longest-idle one for each new connection ({n} similar warnings not logged)",
+                self.conns.len()
+            );
+        }
+        self.close(id);
+        true
+    }
+
     fn drive(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if !c.drive(id, &self.shared, &self.jobs) {
+        if !c.drive(id, &self.shared, &self.jobs, &mut self.pool) {
             self.close(id);
         }
     }
@@ -283,6 +435,7 @@ impl Loop {
     fn close(&mut self, id: usize) {
         if let Some(mut c) = self.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            self.pool.give(c.charged);
         }
     }
 
@@ -316,6 +469,7 @@ impl Loop {
                 c.request_started = None;
                 c.head = None;
                 c.inbuf.clear();
+                c.fit(&mut self.pool);
                 let r = Response::aws_error(
                     408,
                     "RequestTimeout",
@@ -360,6 +514,8 @@ enum Step {
 struct Conn {
     stream: TcpStream,
     inbuf: Vec<u8>,
+    /// Bytes of `inbuf`'s capacity taken from the pool (beyond [`FREE_PER_CONNECTION`]).
+    charged: usize,
     out: Vec<u8>,
     out_pos: usize,
     /// Head of the request being received.
@@ -383,6 +539,7 @@ impl Conn {
         Conn {
             stream,
             inbuf: Vec::new(),
+            charged: 0,
             out: Vec::new(),
             out_pos: 0,
             head: None,
@@ -394,6 +551,40 @@ impl Conn {
             write_started: None,
             last_active: Instant::now(),
         }
+    }
+
+    /// Which connection to close first at the connection limit (smallest first): idle ones by
+    /// their last activity, then unfinished requests and stalled writes by their start.
+    fn eviction_rank(&self) -> (u8, Instant) {
+        match (self.request_started, self.write_started) {
+            (None, None) if self.head.is_none() && self.inbuf.is_empty() => (0, self.last_active),
+            (started, writing) => (1, started.or(writing).unwrap_or(self.last_active)),
+        }
+    }
+
+    /// Takes from (or gives back to) the pool what `inbuf`'s capacity needs beyond the free part.
+    fn account(&mut self, pool: &mut Pool) {
+        let now = self.inbuf.capacity().saturating_sub(FREE_PER_CONNECTION);
+        if now >= self.charged {
+            pool.used += now - self.charged;
+        } else {
+            pool.give(self.charged - now);
+        }
+        self.charged = now;
+    }
+
+    /// Gives buffer memory back once a request was consumed: freed when nothing is left, else
+    /// shrunk to what is left (at least the free part).
+    fn fit(&mut self, pool: &mut Pool) {
+        if self.inbuf.is_empty() {
+            self.inbuf = Vec::new();
+        } else {
+            let keep = self.inbuf.len().max(FREE_PER_CONNECTION);
+            if self.inbuf.capacity() > keep {
+                self.inbuf.shrink_to(keep);
+            }
+        }
+        self.account(pool);
     }
 
     /// Queues a final answer.
@@ -412,7 +603,7 @@ impl Conn {
     }
 
     /// Makes all the progress possible without blocking. `false`: close the connection.
-    fn drive(&mut self, id: usize, sh: &Shared, jobs: &Sender<Job>) -> bool {
+    fn drive(&mut self, id: usize, sh: &Shared, jobs: &Sender<Job>, pool: &mut Pool) -> bool {
         loop {
             // 1. Flush what is queued.
             while self.out_pos < self.out.len() {
@@ -440,55 +631,105 @@ impl Conn {
                 return true;
             }
             // 2. Read what is available (bounded: a full buffer always parses to a request or
-            //    an error).
-            if !self.eof && self.read(sh.limits.max_request()).is_err() {
-                return false;
-            }
+            //    an error; and by what the pool has left).
+            let starved = match self.eof {
+                true => false,
+                false => match self.read(sh.limits.max_request(), pool) {
+                    Ok(starved) => starved,
+                    Err(_) => return false,
+                },
+            };
             // 3. Parse.
-            match self.step(sh) {
+            match self.step(sh, pool) {
+                Step::Need if starved => {
+                    let meta = self.head.as_ref().map_or(Meta::error(), meta_for);
+                    self.head = None;
+                    self.inbuf.clear();
+                    self.fit(pool);
+                    if let Some(n) = sh.pressure_logged.allow(Instant::now()) {
+                        crate::warn!(
+                            "Sampling proxy: {} bytes of requests are being received at once (the limit); a request was refused with 503 ({n} similar warnings not logged)",
+                            pool.cap + FREE_PER_CONNECTION
+                        );
+                    }
+                    let r = Response::aws_error(
+                        503,
+                        "ProxyBusy",
+                        "xrayd: too many large requests are being received at once; retry later",
+                    )
+                    .closing();
+                    self.respond(r, meta, &sh.stats);
+                }
                 Step::Need => return !self.eof,
                 Step::Again => {}
                 Step::Respond(r, meta) => self.respond(r, meta, &sh.stats),
-                Step::Forward(job, meta) => match jobs.try_send(Job { conn: id, ..job }) {
-                    Ok(()) => self.pending = Some(meta),
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        let r = Response::aws_error(
-                            503,
-                            "ProxyBusy",
-                            "xrayd: too many sampling calls are waiting for X-Ray; retry later",
-                        );
+                Step::Forward(job, meta) => {
+                    let charge = job.body.capacity();
+                    let busy = |why: &str| {
+                        Response::aws_error(503, "ProxyBusy", &format!("xrayd: {why}; retry later"))
+                    };
+                    if !pool.take(charge) {
+                        let r = busy("too many large requests are waiting for X-Ray");
                         self.respond(r, meta, &sh.stats);
+                        continue;
                     }
-                },
+                    match jobs.try_send(Job {
+                        conn: id,
+                        charge,
+                        ..job
+                    }) {
+                        Ok(()) => self.pending = Some(meta),
+                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                            pool.give(charge);
+                            let r = busy("too many sampling calls are waiting for X-Ray");
+                            self.respond(r, meta, &sh.stats);
+                        }
+                    }
+                }
             }
         }
     }
 
-    fn read(&mut self, cap: usize) -> io::Result<()> {
+    /// Reads what is available into `inbuf`, up to `max` bytes buffered and what the pool
+    /// allows. `Ok(true)`: it stopped short of `max` because the pool is spent.
+    fn read(&mut self, max: usize, pool: &mut Pool) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
-        while self.inbuf.len() < cap {
-            let want = (cap - self.inbuf.len()).min(READ_CHUNK);
+        loop {
+            let limit = max.min(FREE_PER_CONNECTION + self.charged + pool.available());
+            let len = self.inbuf.len();
+            if len >= limit {
+                return Ok(limit < max);
+            }
+            let want = (limit - len).min(READ_CHUNK);
             match self.stream.read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.eof = true;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Ok(n) => {
-                    if self.inbuf.is_empty() && self.head.is_none() {
+                    if len == 0 && self.head.is_none() {
                         self.request_started = Some(Instant::now());
+                    }
+                    if len + n > self.inbuf.capacity() {
+                        // Grow geometrically, within the allowance.
+                        let cap = (self.inbuf.capacity() * 2)
+                            .max(FREE_PER_CONNECTION)
+                            .min(limit)
+                            .max(len + n);
+                        self.inbuf.reserve_exact(cap - len);
+                        self.account(pool);
                     }
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     self.last_active = Instant::now();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 
-    fn step(&mut self, sh: &Shared) -> Step {
+    fn step(&mut self, sh: &Shared, pool: &mut Pool) -> Step {
         let limits = &sh.limits;
         if self.head.is_none() {
             if self.inbuf.is_empty() {
@@ -498,8 +739,28 @@ impl Conn {
             self.request_started.get_or_insert_with(Instant::now);
             match http::parse_head(&self.inbuf, limits) {
                 Ok(None) => return Step::Need,
-                Ok(Some(h)) => self.head = Some(h),
-                Err(e) => return self.refuse(e),
+                Ok(Some(h)) => {
+                    let forwarded =
+                        routes::route(&h.method, h.path(), sh.options.allow_all) == Route::Forward;
+                    if forwarded
+                        && let Some(why) = routes::from_browser(h.origin, h.content_type.as_deref())
+                    {
+                        // Refused before anything is signed; the body is not read.
+                        crate::debug!("Sampling proxy: refused a browser request: {why}");
+                        self.inbuf.clear();
+                        self.fit(pool);
+                        let r = Response::aws_error(
+                            403,
+                            "BrowserRequestRefused",
+                            &format!(
+                                "xrayd does not forward requests from web browsers ({why}): X-Ray SDKs do not send one"
+                            ),
+                        );
+                        return Step::Respond(r.closing(), meta_for(&h));
+                    }
+                    self.head = Some(h);
+                }
+                Err(e) => return self.refuse(e, pool),
             }
         }
         let Some(head) = self.head.as_ref() else {
@@ -512,6 +773,7 @@ impl Conn {
                 let head = self.head.take().unwrap_or_else(|| unreachable!());
                 let (r, meta) = answer_locally(&head, sh);
                 self.inbuf.clear();
+                self.fit(pool);
                 return Step::Respond(r.closing(), meta);
             }
             self.out.extend_from_slice(CONTINUE);
@@ -520,13 +782,14 @@ impl Conn {
         let body = match http::parse_body(head.body, &self.inbuf[head.len..], limits) {
             Ok(None) => return Step::Need,
             Ok(Some(b)) => b,
-            Err(e) => return self.refuse(e),
+            Err(e) => return self.refuse(e, pool),
         };
         let (body, n) = body;
         let Some(head) = self.head.take() else {
             return Step::Need;
         };
         self.inbuf.drain(..head.len + n);
+        self.fit(pool);
         self.continue_sent = false;
         self.request_started = (!self.inbuf.is_empty()).then(Instant::now);
         let path = head.path();
@@ -538,6 +801,7 @@ impl Conn {
                     target: head.target.clone(),
                     body,
                     label: meta.label,
+                    charge: 0,
                 },
                 meta,
             ),
@@ -549,10 +813,11 @@ impl Conn {
     }
 
     /// Answers a request that cannot be read, and closes.
-    fn refuse(&mut self, e: HttpError) -> Step {
+    fn refuse(&mut self, e: HttpError, pool: &mut Pool) -> Step {
         crate::debug!("Sampling proxy: refused a request: {e}");
         self.head = None;
         self.inbuf.clear();
+        self.fit(pool);
         let r = Response::aws_error(e.status(), "InvalidRequest", &format!("xrayd: {e}")).closing();
         Step::Respond(r, Meta::error())
     }
@@ -611,13 +876,24 @@ fn readiness(sh: &Shared) -> Result<(), Vec<String>> {
     crate::health::readiness(&ready_inputs(sh))
 }
 
-/// What readiness is decided on, each read once.
+/// What readiness is decided on, each read once. Why credentials are missing goes to the log
+/// (rate-limited), not to the client: the detail may quote a credentials endpoint's answer.
 fn ready_inputs(sh: &Shared) -> crate::health::ReadyInputs {
     let credentials = if sh.local_sink {
         Ok(())
     } else {
         match &sh.upstream {
-            Some(u) => u.credentials_status(),
+            Some(u) => u.credentials_status().map_err(|why| {
+                if let Some(n) = sh.readiness_logged.allow(Instant::now()) {
+                    let more = if n > 0 {
+                        format!(" ({n} similar messages not logged)")
+                    } else {
+                        String::new()
+                    };
+                    crate::warn!("Not ready: no AWS credentials: {why}{more}");
+                }
+                crate::health::SEE_LOG.to_string()
+            }),
             None => Err("no X-Ray endpoint configured".to_string()),
         }
     };

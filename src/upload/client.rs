@@ -38,6 +38,8 @@ pub struct Answer {
     pub status: u16,
     /// `x-amzn-ErrorType` header, if present.
     pub error_type: Option<String>,
+    /// `Content-Type` header, if present.
+    pub content_type: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -172,6 +174,11 @@ impl XrayClient {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .body_mut()
             .with_config()
@@ -181,6 +188,7 @@ impl XrayClient {
         Ok(Answer {
             status,
             error_type,
+            content_type,
             body,
         })
     }

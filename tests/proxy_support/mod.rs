@@ -40,6 +40,8 @@ struct State {
     connections: usize,
     /// path -> (status, body) answers replacing the defaults.
     answers: HashMap<String, (u16, String)>,
+    /// path -> Content-Type of the answer (default `application/json`).
+    content_types: HashMap<String, String>,
     /// Answer PutTraceSegments with 500.
     fail_segments: bool,
     delay: Duration,
@@ -79,6 +81,7 @@ impl FakeSampling {
                 seen: Vec::new(),
                 connections: 0,
                 answers: HashMap::new(),
+                content_types: HashMap::new(),
                 fail_segments: false,
                 delay: Duration::ZERO,
                 documents: Vec::new(),
@@ -122,6 +125,15 @@ impl FakeSampling {
             .lock()
             .answers
             .insert(path.to_string(), (status, body.to_string()));
+    }
+
+    /// Replaces the answer for `path`, with its own Content-Type.
+    pub fn answer_typed(&self, path: &str, status: u16, content_type: &str, body: &str) {
+        self.answer(path, status, body);
+        self.shared
+            .lock()
+            .content_types
+            .insert(path.to_string(), content_type.to_string());
     }
 
     pub fn fail_segments(&self, fail: bool) {
@@ -238,12 +250,16 @@ fn serve(sh: Arc<Shared>, stream: TcpStream, conn: usize) {
             headers: &req.headers,
             body: &req.body,
         });
-        let (delay, answer, fail_segments) = {
+        let (delay, answer, fail_segments, content_type) = {
             let st = sh.lock();
             (
                 st.delay,
                 st.answers.get(&req.path).cloned(),
                 st.fail_segments,
+                st.content_types
+                    .get(&req.path)
+                    .cloned()
+                    .unwrap_or_else(|| "application/json".to_string()),
             )
         };
         if !delay.is_zero() {
@@ -310,7 +326,7 @@ fn serve(sh: Arc<Shared>, stream: TcpStream, conn: usize) {
             .ok()
             .and_then(|v| v["__type"].as_str().map(str::to_string));
         let mut head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-amzn-RequestId: fake\r\n",
+            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: fake\r\n",
             body.len()
         );
         if let Some(t) = error_type {
