@@ -6,45 +6,12 @@ mod proxy_support;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use proxy_support::{FakeSampling, one_shot, parse_proxy_line};
+use proxy_support::{FakeSampling, one_shot, spawn, tcp_addr};
 use support::{Daemon, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, secs};
-
-const PROXY_PREFIX: &str = "Starting proxy http server on ";
-
-fn spawn(endpoint: &str, extra: &[&str], creds: bool) -> Daemon {
-    let mut args = vec![
-        "-b",
-        "127.0.0.1:0",
-        "-t",
-        "127.0.0.1:0",
-        "-o",
-        "-n",
-        TEST_REGION,
-        "--endpoint",
-        endpoint,
-    ];
-    args.extend_from_slice(extra);
-    let envs: &[(&str, &str)] = if creds {
-        &[
-            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
-        ]
-    } else {
-        &[]
-    };
-    Daemon::spawn(&args, envs)
-}
-
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .wait_for_line(PROXY_PREFIX, secs(10))
-        .unwrap_or_else(|| panic!("no '{PROXY_PREFIX}' line:\n{}", d.log()));
-    parse_proxy_line(&line).unwrap_or_else(|| panic!("cannot parse {line:?}"))
-}
+use xrayd::proxy::routes::SAMPLING_PATHS;
 
 /// Rules: the blocked service gets fixed rate 0 and reservoir 0; everything else is sampled.
 const RULES: &str = r#"{"SamplingRuleRecords":[
@@ -291,4 +258,51 @@ fn upstream_down_gives_502() {
         "{}",
         d.log()
     );
+}
+
+#[test]
+fn refusals_by_x_ray_are_logged_once_with_the_missing_permission() {
+    let fake = FakeSampling::start();
+    let denied = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/app/i-1 is not authorized to perform: xray:GetSamplingRules"}"#;
+    fake.answer("/GetSamplingRules", 403, denied);
+    fake.answer(
+        "/SamplingTargets",
+        403,
+        &denied.replace("GetSamplingRules", "GetSamplingTargets"),
+    );
+    fake.answer_typed(
+        "/SamplingStatisticSummaries",
+        404,
+        "text/html",
+        "<html>Not Found</html>",
+    );
+    let d = spawn(&fake.endpoint(), &[], true);
+    let tcp = tcp_addr(&d);
+    for _ in 0..3 {
+        for path in SAMPLING_PATHS {
+            let r = one_shot(tcp, "POST", path, b"{}");
+            assert!(r.status == 403 || r.status == 404, "{path}: {}", r.status);
+        }
+    }
+    for (path, hint) in [
+        ("/GetSamplingRules", "IAM permission xray:GetSamplingRules"),
+        ("/SamplingTargets", "IAM permission xray:GetSamplingTargets"),
+        ("/SamplingStatisticSummaries", "check --endpoint"),
+    ] {
+        let line = d
+            .wait_for_line(&format!("X-Ray refused POST {path}:"), secs(5))
+            .unwrap_or_else(|| panic!("no refusal logged for {path}:\n{}", d.log()));
+        assert!(line.contains("[Warn]"), "{line}");
+        assert!(line.contains(hint), "{line}");
+        assert_eq!(
+            d.count_lines(&format!("X-Ray refused POST {path}:")),
+            1,
+            "rate-limited:\n{}",
+            d.log()
+        );
+    }
+    let line = d
+        .wait_for_line("X-Ray refused POST /SamplingTargets:", secs(1))
+        .unwrap();
+    assert!(line.contains("403 AccessDeniedException"), "{line}");
 }

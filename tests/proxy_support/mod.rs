@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::support::fake_xray::read_http_request;
 use crate::support::http::{Client, Response};
 use crate::support::sigv4::{SigCheck, Verifier, WireRequest, header};
-use crate::support::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use crate::support::{Daemon, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -356,10 +356,45 @@ pub fn one_shot(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+const PROXY_PREFIX: &str = "Starting proxy http server on ";
+
+/// Runs xrayd against `endpoint` with both ports on loopback (`-o`, test region), `extra`
+/// arguments, and test credentials in the environment when `creds`.
+pub fn spawn(endpoint: &str, extra: &[&str], creds: bool) -> Daemon {
+    let mut args = vec![
+        "-b",
+        "127.0.0.1:0",
+        "-t",
+        "127.0.0.1:0",
+        "-o",
+        "-n",
+        TEST_REGION,
+        "--endpoint",
+        endpoint,
+    ];
+    args.extend_from_slice(extra);
+    let envs: &[(&str, &str)] = if creds {
+        &[
+            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
+        ]
+    } else {
+        &[]
+    };
+    Daemon::spawn(&args, envs)
+}
+
+/// The daemon's TCP address, from its start-up line.
+pub fn tcp_addr(d: &Daemon) -> SocketAddr {
+    let line = d
+        .wait_for_line(PROXY_PREFIX, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no '{PROXY_PREFIX}' line:\n{}", d.log()));
+    parse_proxy_line(&line).unwrap_or_else(|| panic!("cannot parse {line:?}"))
+}
+
 /// Parses `Starting proxy http server on <addr>`.
 pub fn parse_proxy_line(line: &str) -> Option<SocketAddr> {
-    const P: &str = "Starting proxy http server on ";
-    let rest = &line[line.find(P)? + P.len()..];
+    let rest = &line[line.find(PROXY_PREFIX)? + PROXY_PREFIX.len()..];
     rest.split_whitespace().next()?.parse().ok()
 }
 
