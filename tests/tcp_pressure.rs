@@ -304,3 +304,55 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
     health_answers(tcp, "a slow upstream", &d);
     drop(waiting);
 }
+
+#[test]
+fn answers_nobody_reads_do_not_pile_up_in_memory() {
+    const CONNS: usize = 150;
+    if !enough_fds(CONNS as u64 + 200) {
+        return;
+    }
+    let fake = FakeSampling::start();
+    let big = format!(
+        "{{\"SamplingRuleRecords\":[],\"NextToken\":\"{}\"}}",
+        "n".repeat(1 << 20)
+    );
+    fake.answer("/GetSamplingRules", 200, &big);
+    let d = spawn(&fake.endpoint(), &["-m", "16"], true);
+    let tcp = tcp_addr(&d);
+    let idle_rss = vm(d.pid(), "VmRSS:");
+    // Each client asks for the 1 MB rules and never reads them.
+    let clients: Vec<TcpStream> = (0..CONNS)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
+            s.write_all(
+                b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(clients.len(), CONNS);
+    // Every answer came back from X-Ray and was handed to its connection.
+    poll_until(
+        secs(60),
+        || format!("{} calls forwarded", fake.seen().len()),
+        || {
+            let e = proxy_support::scrape(tcp);
+            (e.get(
+                "xrayd_proxy_requests_total",
+                &[("path", "/GetSamplingRules"), ("status", "200")],
+            ) == Some(CONNS as f64))
+            .then_some(())
+        },
+    );
+    let peak = vm(d.pid(), "VmHWM:");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{CONNS} clients not reading 1 MB answers (-m 16): idle RSS {:.1} MiB, peak {:.1} MiB",
+        mib(idle_rss),
+        mib(peak)
+    );
+    assert!(peak <= 32 << 20, "peak RSS {:.1} MiB", mib(peak));
+    assert_eq!(one_shot(tcp, "GET", "/healthz", b"").status, 200);
+    drop(clients);
+}

@@ -8,12 +8,14 @@
 //!
 //! Whatever reaches the port (a hostile pod, slowloris clients, a slow upstream), memory stays
 //! bounded and `/healthz` / `/readyz` keep answering:
-//! - **Memory.** Bytes held for clients' requests (read buffers, and bodies waiting for or in an
-//!   upstream call) are at most [`FREE_PER_CONNECTION`] per connection plus a shared pool of
-//!   [`Options::buffer_pool`] (4 MiB): about 8 MiB for 1,024 connections, whatever the budget.
-//!   A request that needs more while the pool is spent gets `503 ProxyBusy` and its connection
-//!   is closed; buffers are shrunk once a request is consumed and freed when a connection is idle
-//!   or closed. A health probe fits in the free part, so it never waits for the pool.
+//! - **Memory.** Bytes held for clients (read buffers, bodies waiting for or in an upstream
+//!   call, answers a client is slow to take) are at most [`FREE_PER_CONNECTION`] per connection
+//!   plus a shared pool of [`Options::buffer_pool`] (4 MiB): about 8 MiB for 1,024
+//!   connections, whatever the budget. A request that needs more while the pool is spent gets
+//!   `503 ProxyBusy` and its connection is closed, and so is a connection whose unread answers
+//!   the pool cannot hold; buffers are shrunk once a request is consumed and freed when a
+//!   connection is idle or closed. A health probe fits in the free part (and its answer in the
+//!   kernel's socket buffer), so it never waits for the pool.
 //! - **Connections and file descriptors.** The daemon raises its soft open-files limit at start
 //!   ([`raise_fd_limit`]); the port keeps at most [`Options::max_connections`] client
 //!   connections, fewer when the open-files limit would not leave an eighth (at least 64) of the

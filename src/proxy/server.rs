@@ -435,7 +435,7 @@ impl Loop {
     fn close(&mut self, id: usize) {
         if let Some(mut c) = self.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
-            self.pool.give(c.charged);
+            self.pool.give(c.charged + c.out_charged);
         }
     }
 
@@ -518,6 +518,8 @@ struct Conn {
     charged: usize,
     out: Vec<u8>,
     out_pos: usize,
+    /// Bytes of `out` taken from the pool while the client is slow to read them.
+    out_charged: usize,
     /// Head of the request being received.
     head: Option<Head>,
     continue_sent: bool,
@@ -542,6 +544,7 @@ impl Conn {
             charged: 0,
             out: Vec::new(),
             out_pos: 0,
+            out_charged: 0,
             head: None,
             continue_sent: false,
             pending: None,
@@ -612,6 +615,19 @@ impl Conn {
                     Ok(n) => self.out_pos += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.write_started.get_or_insert_with(Instant::now);
+                        // The client is slow to take its answer: what is left is held, from
+                        // the pool; a client that leaves more than the pool has is closed.
+                        let held = self.out.capacity();
+                        if held > self.out_charged && !pool.take(held - self.out_charged) {
+                            if let Some(n) = sh.pressure_logged.allow(Instant::now()) {
+                                crate::warn!(
+                                    "Sampling proxy: answers not taken by their clients fill the {} bytes the port may hold; closing a connection that does not read ({n} similar warnings not logged)",
+                                    pool.cap
+                                );
+                            }
+                            return false;
+                        }
+                        self.out_charged = self.out_charged.max(held);
                         return true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -619,7 +635,9 @@ impl Conn {
                 }
             }
             if !self.out.is_empty() {
-                self.out.clear();
+                self.out = Vec::new();
+                pool.give(self.out_charged);
+                self.out_charged = 0;
                 self.out_pos = 0;
                 self.write_started = None;
                 self.last_active = Instant::now();
