@@ -307,20 +307,20 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
 
 #[test]
 fn answers_nobody_reads_do_not_pile_up_in_memory() {
-    const CONNS: usize = 150;
+    const CONNS: usize = 200;
     if !enough_fds(CONNS as u64 + 200) {
         return;
     }
     let fake = FakeSampling::start();
     let big = format!(
         "{{\"SamplingRuleRecords\":[],\"NextToken\":\"{}\"}}",
-        "n".repeat(1 << 20)
+        "n".repeat(512 << 10)
     );
     fake.answer("/GetSamplingRules", 200, &big);
     let d = spawn(&fake.endpoint(), &["-m", "16"], true);
     let tcp = tcp_addr(&d);
     let idle_rss = vm(d.pid(), "VmRSS:");
-    // Each client asks for the 1 MB rules and never reads them.
+    // Each client asks for 512 KB of rules and never reads them.
     let clients: Vec<TcpStream> = (0..CONNS)
         .filter_map(|_| {
             let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
@@ -348,7 +348,7 @@ fn answers_nobody_reads_do_not_pile_up_in_memory() {
     let peak = vm(d.pid(), "VmHWM:");
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "{CONNS} clients not reading 1 MB answers (-m 16): idle RSS {:.1} MiB, peak {:.1} MiB",
+        "{CONNS} clients not reading 512 KB answers (-m 16): idle RSS {:.1} MiB, peak {:.1} MiB",
         mib(idle_rss),
         mib(peak)
     );
