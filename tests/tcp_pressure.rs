@@ -259,6 +259,14 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
     assert!(idle.len() >= 1000, "only {} connected", idle.len());
     health_answers(tcp, "1,100 idle connections", &d);
     drop(idle);
+    // The operator is told, and what to do.
+    for what in [
+        "out of file descriptors",
+        "Raise the open-files limit",
+        "closing the longest-idle one",
+    ] {
+        assert_eq!(d.count_lines(what), 1, "{what}:\n{}", d.log());
+    }
 
     // 500 slowloris clients, one byte at a time.
     let stop = Arc::new(AtomicBool::new(false));

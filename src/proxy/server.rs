@@ -49,10 +49,37 @@ struct Shared {
     /// X-Ray refused a forwarded call (403, 404): logged with a hint, each sampling API on its
     /// own (one permission may be missing and not the others), then every other path.
     refusals_logged: [Throttle; 4],
-    /// The port is under pressure (connection limit, file descriptors, pool spent).
-    pressure_logged: Throttle,
+    /// The port is under pressure, one throttle per [`Pressure`].
+    pressure_logged: [Throttle; 4],
     /// Credentials failures seen by `/readyz` (the detail goes to the log, not to the client).
     readiness_logged: Throttle,
+}
+
+/// What the port runs short of (each warned about on its own, rate-limited).
+#[derive(Clone, Copy)]
+enum Pressure {
+    Connections = 0,
+    FileDescriptors = 1,
+    Requests = 2,
+    Answers = 3,
+}
+
+impl Shared {
+    /// `Some(note)` when a warning about `p` may be logged now; `note` tells how many were not.
+    fn pressure(&self, p: Pressure) -> Option<String> {
+        self.pressure_logged[p as usize]
+            .allow(Instant::now())
+            .map(|n| not_logged(n, "warnings"))
+    }
+}
+
+/// ` (n similar <what> not logged)`, or nothing when none were suppressed.
+fn not_logged(n: u64, what: &str) -> String {
+    if n > 0 {
+        format!(" ({n} similar {what} not logged)")
+    } else {
+        String::new()
+    }
 }
 
 /// The request bytes connections may hold beyond their free part (see the parent module's
@@ -134,7 +161,7 @@ pub(super) fn spawn(listener: std::net::TcpListener, cfg: Config) -> Result<Hand
         local_sink: cfg.local_sink,
         failures_logged: Throttle::new(Duration::from_secs(10)),
         refusals_logged: std::array::from_fn(|_| Throttle::new(Duration::from_secs(60))),
-        pressure_logged: Throttle::new(Duration::from_secs(60)),
+        pressure_logged: std::array::from_fn(|_| Throttle::new(Duration::from_secs(60))),
         readiness_logged: Throttle::new(Duration::from_secs(60)),
         options,
     });
@@ -199,11 +226,7 @@ fn worker(sh: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>, waker: &Waker)
         if let Some(why) = &out.failure
             && let Some(suppressed) = sh.failures_logged.allow(Instant::now())
         {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar failures not logged)")
-            } else {
-                String::new()
-            };
+            let more = not_logged(suppressed, "failures");
             crate::warn!(
                 "Sampling proxy: answered {} to POST {}: {why}{more}",
                 out.response.status,
@@ -253,11 +276,7 @@ fn log_refusal(sh: &Shared, r: &Response, label: &'static str) {
         .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-ErrorType"))
         .map(|(_, v)| format!(" {}", v.split(':').next().unwrap_or(v)))
         .unwrap_or_default();
-    let more = if suppressed > 0 {
-        format!(" ({suppressed} similar refusals not logged)")
-    } else {
-        String::new()
-    };
+    let more = not_logged(suppressed, "refusals");
     crate::warn!(
         "Sampling proxy: X-Ray refused POST {label}: {}{kind}: {hint}{more}",
         r.status
@@ -371,9 +390,9 @@ impl Loop {
                         .max(MIN_CONNECTIONS);
                     if lower < self.max_conns {
                         self.max_conns = lower;
-                        if let Some(n) = self.shared.pressure_logged.allow(Instant::now()) {
+                        if let Some(more) = self.shared.pressure(Pressure::FileDescriptors) {
                             crate::warn!(
-                                "Sampling proxy: out of file descriptors ({e}); keeping at most {lower} client connections from now on. Raise the open-files limit (ulimit -n) to keep more ({n} similar warnings not logged)"
+                                "Sampling proxy: out of file descriptors ({e}); keeping at most {lower} client connections from now on. Raise the open-files limit (ulimit -n) to keep more{more}"
                             );
                         }
                     }
@@ -391,7 +410,8 @@ impl Loop {
                 Err(e) => {
                     if let Some(suppressed) = self.shared.failures_logged.allow(Instant::now()) {
                         crate::warn!(
-                            "Sampling proxy: cannot accept a connection: {e} ({suppressed} similar failures not logged)"
+                            "Sampling proxy: cannot accept a connection: {e}{}",
+                            not_logged(suppressed, "failures")
                         );
                     }
                     self.accept_again = true;
@@ -413,9 +433,9 @@ impl Loop {
         let Some(id) = victim else {
             return false;
         };
-        if let Some(n) = self.shared.pressure_logged.allow(Instant::now()) {
+        if let Some(more) = self.shared.pressure(Pressure::Connections) {
             crate::warn!(
-                "Sampling proxy: {} client connections open (the limit); closing the longest-idle one for each new connection ({n} similar warnings not logged)",
+                "Sampling proxy: {} client connections open (the limit); closing the longest-idle one for each new connection{more}",
                 self.conns.len()
             );
         }
@@ -619,9 +639,9 @@ impl Conn {
                         // the pool; a client that leaves more than the pool has is closed.
                         let held = self.out.capacity();
                         if held > self.out_charged && !pool.take(held - self.out_charged) {
-                            if let Some(n) = sh.pressure_logged.allow(Instant::now()) {
+                            if let Some(more) = sh.pressure(Pressure::Answers) {
                                 crate::warn!(
-                                    "Sampling proxy: answers not taken by their clients fill the {} bytes the port may hold; closing a connection that does not read ({n} similar warnings not logged)",
+                                    "Sampling proxy: answers not taken by their clients fill the {} bytes the port may hold; closing a connection that does not read{more}",
                                     pool.cap
                                 );
                             }
@@ -664,9 +684,9 @@ impl Conn {
                     self.head = None;
                     self.inbuf.clear();
                     self.fit(pool);
-                    if let Some(n) = sh.pressure_logged.allow(Instant::now()) {
+                    if let Some(more) = sh.pressure(Pressure::Requests) {
                         crate::warn!(
-                            "Sampling proxy: {} bytes of requests are being received at once (the limit); a request was refused with 503 ({n} similar warnings not logged)",
+                            "Sampling proxy: {} bytes of requests are being received at once (the limit); a request was refused with 503{more}",
                             pool.cap + FREE_PER_CONNECTION
                         );
                     }
@@ -903,11 +923,7 @@ fn ready_inputs(sh: &Shared) -> crate::health::ReadyInputs {
         match &sh.upstream {
             Some(u) => u.credentials_status().map_err(|why| {
                 if let Some(n) = sh.readiness_logged.allow(Instant::now()) {
-                    let more = if n > 0 {
-                        format!(" ({n} similar messages not logged)")
-                    } else {
-                        String::new()
-                    };
+                    let more = not_logged(n, "messages");
                     crate::warn!("Not ready: no AWS credentials: {why}{more}");
                 }
                 crate::health::SEE_LOG.to_string()
