@@ -394,6 +394,60 @@ fn chunk_framing_is_answered_or_refused_promptly_never_left_to_time_out() {
 }
 
 #[test]
+fn requests_share_a_bounded_pool_and_small_calls_never_wait_for_it() {
+    let fake = FakeSampling::start();
+    let p = start(
+        &fake,
+        Options {
+            max_body: 64 * 1024,
+            buffer_pool: 60 * 1024,
+            read_timeout: Duration::from_secs(20),
+            ..fast_options()
+        },
+    );
+    // A client takes the whole pool with an unfinished 64 KB request (its buffer grows to
+    // 64 KiB: 4 KiB of its own, 60 KiB from the pool).
+    let mut hog = TcpStream::connect(p.addr()).unwrap();
+    hog.write_all(b"POST /GetSamplingRules HTTP/1.1\r\nContent-Length: 64000\r\n\r\n")
+        .unwrap();
+    hog.write_all(&[b' '; 50_000]).unwrap();
+    wait_until_read(p.addr());
+    // A 20 KB request does not fit in what is left: 503 at once, never more memory.
+    let twenty = format!("{{\"NextToken\":\"{}\"}}", "t".repeat(20_000));
+    let r = one_shot(p.addr(), "POST", "/SamplingTargets", twenty.as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-amzn-errortype"), Some("ProxyBusy"));
+    assert_eq!(r.header("connection"), Some("close"));
+    // An SDK's usual call and a probe fit in their connection's own part.
+    assert_eq!(
+        one_shot(p.addr(), "POST", "/GetSamplingRules", b"{}").status,
+        200
+    );
+    assert_eq!(one_shot(p.addr(), "GET", "/healthz", b"").status, 200);
+    // Once the large request is done, the pool is back.
+    hog.write_all(&[b' '; 14_000]).unwrap();
+    let text = read_all(&mut hog, Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let r = one_shot(p.addr(), "POST", "/SamplingTargets", twenty.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fake.seen().len(), 3);
+}
+
+/// Waits until the server has read everything sent to it.
+fn wait_until_read(addr: SocketAddr) {
+    support::poll_until(
+        Duration::from_secs(10),
+        || {
+            format!(
+                "bytes left unread: {:?}",
+                proxy_support::server_side(addr.port())
+            )
+        },
+        || (proxy_support::server_side(addr.port()).1 == 0).then_some(()),
+    );
+}
+
+#[test]
 fn browser_requests_are_refused_before_anything_is_signed() {
     let fake = FakeSampling::start();
     let p = start(

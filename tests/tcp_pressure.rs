@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use proxy_support::{FakeSampling, one_shot, spawn, tcp_addr};
+use proxy_support::{FakeSampling, one_shot, server_side, spawn, tcp_addr};
 use support::{Daemon, poll_until, secs};
 
 /// A `VmRSS` / `VmHWM`-style field of /proc/<pid>/status, in bytes.
@@ -29,32 +29,6 @@ fn vm(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("bad {line:?}"));
     kib * 1024
-}
-
-/// The daemon's side of the connections to `port` (accepted or still in the backlog): how many,
-/// and how many bytes they hold that the daemon has not read yet.
-fn server_side(port: u16) -> (usize, u64) {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    let mut n = 0;
-    let mut unread = 0;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let local_port = f
-            .get(1)
-            .and_then(|a| a.split(':').nth(1))
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        // 01: established (0A is the listener, whose queue counts connections, not bytes).
-        if local_port != Some(port) || f.get(3) != Some(&"01") {
-            continue;
-        }
-        n += 1;
-        unread += f
-            .get(4)
-            .and_then(|q| q.split(':').nth(1))
-            .and_then(|rx| u64::from_str_radix(rx, 16).ok())
-            .unwrap_or(0);
-    }
-    (n, unread)
 }
 
 /// The test opens more sockets than the common soft limit allows.

@@ -343,6 +343,9 @@ impl Loop {
 
     fn accept(&mut self) {
         self.accept_again = false;
+        // The limit is lowered at most once per round of accepts (another thread may take a
+        // freed descriptor first: that is not a reason to keep lowering).
+        let mut lowered = false;
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _peer)) => {
@@ -388,7 +391,8 @@ impl Loop {
                         .len()
                         .saturating_sub(FD_HEADROOM)
                         .max(MIN_CONNECTIONS);
-                    if lower < self.max_conns {
+                    if lower < self.max_conns && !lowered {
+                        lowered = true;
                         self.max_conns = lower;
                         if let Some(more) = self.shared.pressure(Pressure::FileDescriptors) {
                             crate::warn!(
@@ -702,7 +706,13 @@ impl Conn {
                 Step::Again => {}
                 Step::Respond(r, meta) => self.respond(r, meta, &sh.stats),
                 Step::Forward(job, meta) => {
-                    let charge = job.body.capacity();
+                    // The connection's free part covers the first bytes of what it holds (its
+                    // buffer and this body; it reads nothing more while the call is in flight):
+                    // the usual SDK call never waits for the pool.
+                    let held = self.inbuf.capacity() + job.body.capacity();
+                    let charge = held
+                        .saturating_sub(FREE_PER_CONNECTION)
+                        .saturating_sub(self.charged);
                     let busy = |why: &str| {
                         Response::aws_error(503, "ProxyBusy", &format!("xrayd: {why}; retry later"))
                     };

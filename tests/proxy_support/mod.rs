@@ -398,6 +398,32 @@ pub fn parse_proxy_line(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The daemon's side of the connections to `port` (accepted or still in the backlog): how many,
+/// and how many bytes they hold that the daemon has not read yet.
+pub fn server_side(port: u16) -> (usize, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let mut n = 0;
+    let mut unread = 0;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f
+            .get(1)
+            .and_then(|a| a.split(':').nth(1))
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        // 01: established (0A is the listener, whose queue counts connections, not bytes).
+        if local_port != Some(port) || f.get(3) != Some(&"01") {
+            continue;
+        }
+        n += 1;
+        unread += f
+            .get(4)
+            .and_then(|q| q.split(':').nth(1))
+            .and_then(|rx| u64::from_str_radix(rx, 16).ok())
+            .unwrap_or(0);
+    }
+    (n, unread)
+}
+
 /// One sample of a Prometheus text exposition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
