@@ -18,26 +18,23 @@ mod e2e_support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use e2e_support::Proc;
+use e2e_support::{
+    Creds, Moto, Proc, REGION, TempDir, excerpt, first_difference, get_traces, hermetic_env,
+    moto_setup, run_script, start_moto,
+};
 use serde_json::Value;
 
-const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
 const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
 /// Runs another daemon executable instead of the built `xrayd` (to check this harness itself
 /// against a stand-in); it gets the same command line.
 const DAEMON_OVERRIDE_ENV: &str = "XRAYD_E2E_DAEMON";
-const REGION: &str = "us-east-1";
-/// Unauthenticated actions moto must allow: CreateUser, PutUserPolicy, CreateAccessKey.
-const MOTO_NO_AUTH_ACTIONS: u32 = 3;
 
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -50,192 +47,7 @@ fn e2e_enabled(test: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Child processes
-
-struct ScriptOutput {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `python3 tests/e2e/<script> args...` with a deadline.
-fn run_script(script: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> ScriptOutput {
-    let mut cmd = Command::new("python3");
-    cmd.arg(Path::new(E2E_DIR).join(script))
-        .args(args)
-        .current_dir(cwd);
-    hermetic_env(&mut cmd);
-    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONIOENCODING", "utf-8");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_t.join().unwrap_or_default();
-            panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    ScriptOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-/// Removes ambient AWS configuration and proxies, so that only what the test sets is used.
-fn hermetic_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(k) = key.to_str() else { continue };
-        let upper = k.to_ascii_uppercase();
-        if upper.starts_with("AWS_") || upper.ends_with("_PROXY") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("AWS_CONFIG_FILE", "/nonexistent/xrayd-e2e/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/xrayd-e2e/credentials",
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-/// A scratch directory under cargo's per-target tmp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("moto-e2e-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // moto
-
-struct Moto {
-    proc: Proc,
-    port: u16,
-}
-
-impl Moto {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-fn start_moto(cwd: &Path) -> Moto {
-    let mut last_failure = String::new();
-    for _attempt in 0..3 {
-        let port = free_port();
-        let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(cwd);
-        hermetic_env(&mut cmd);
-        cmd.env(
-            "INITIAL_NO_AUTH_ACTION_COUNT",
-            MOTO_NO_AUTH_ACTIONS.to_string(),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-        let mut proc = Proc::spawn("moto_server", &mut cmd);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + MOTO_START_TIMEOUT;
-        // A bare TCP connect does not reach moto's action counter.
-        while Instant::now() < deadline && proc.exited().is_none() {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Moto { proc, port };
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        last_failure = proc.log_tail(20);
-        drop(proc);
-    }
-    panic!("moto_server did not start listening\n{last_failure}");
-}
-
-#[derive(Clone)]
-struct Creds {
-    key_id: String,
-    secret: String,
-}
-
-/// Creates the IAM user, its `xray:*` policy and an access key within moto's unauthenticated
-/// allowance; the script itself also checks that a wrong secret is refused afterwards.
-fn moto_setup(moto: &Moto, cwd: &Path) -> Creds {
-    let out = run_script(
-        "moto_setup.py",
-        &[&moto.port.to_string(), "--region", REGION],
-        &[],
-        cwd,
-    );
-    assert!(
-        out.status.success(),
-        "moto_setup.py failed ({}):\n{}\n{}\n{}",
-        out.status,
-        out.stdout,
-        out.stderr,
-        moto.proc.log_tail(20)
-    );
-    let v: Value = serde_json::from_str(out.stdout.trim()).expect("moto_setup.py output is JSON");
-    assert_eq!(
-        v["InitialNoAuthActionCount"].as_u64(),
-        Some(u64::from(MOTO_NO_AUTH_ACTIONS)),
-        "moto_setup.py spends a different number of unauthenticated calls than moto allows"
-    );
-    Creds {
-        key_id: v["AccessKeyId"].as_str().expect("AccessKeyId").to_string(),
-        secret: v["SecretAccessKey"]
-            .as_str()
-            .expect("SecretAccessKey")
-            .to_string(),
-    }
-}
 
 /// PutTraceSegments signed here (aws-sigv4) and sent over a plain TCP connection.
 /// Returns the HTTP status and the response body.
@@ -484,81 +296,6 @@ fn emit_segments(
         .collect();
     assert!(!records.is_empty(), "emit_segments.py recorded nothing");
     records
-}
-
-struct Fetched {
-    /// (trace id, segment id, document)
-    segments: Vec<(String, String, String)>,
-    unprocessed: Vec<String>,
-}
-
-fn get_traces(moto: &Moto, creds: &Creds, records_file: &Path, cwd: &Path) -> Fetched {
-    let endpoint = moto.endpoint();
-    let run = run_script(
-        "get_traces.py",
-        &[
-            "--endpoint",
-            &endpoint,
-            "--region",
-            REGION,
-            "--access-key-id",
-            &creds.key_id,
-            "--secret-access-key",
-            &creds.secret,
-            "--ids-from",
-            records_file.to_str().unwrap(),
-        ],
-        &[],
-        cwd,
-    );
-    assert!(
-        run.status.success(),
-        "get_traces.py failed ({}):\n{}\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    let v: Value = serde_json::from_str(run.stdout.trim()).expect("get_traces.py output is JSON");
-    let segments = v["Segments"]
-        .as_array()
-        .expect("Segments")
-        .iter()
-        .map(|s| {
-            (
-                s["TraceId"].as_str().unwrap_or_default().to_string(),
-                s["Id"].as_str().unwrap_or_default().to_string(),
-                s["Document"]
-                    .as_str()
-                    .expect("Document is a string")
-                    .to_string(),
-            )
-        })
-        .collect();
-    let unprocessed = v["UnprocessedTraceIds"]
-        .as_array()
-        .expect("UnprocessedTraceIds")
-        .iter()
-        .map(|s| s.as_str().unwrap_or_default().to_string())
-        .collect();
-    Fetched {
-        segments,
-        unprocessed,
-    }
-}
-
-/// Byte offset of the first difference between two strings.
-fn first_difference(a: &str, b: &str) -> usize {
-    a.bytes()
-        .zip(b.bytes())
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()))
-}
-
-fn excerpt(s: &str, at: usize) -> String {
-    let bytes = s.as_bytes();
-    let start = at.saturating_sub(40);
-    let end = (at + 40).min(bytes.len());
-    format!("{:?}", String::from_utf8_lossy(&bytes[start..end]))
 }
 
 // ---------------------------------------------------------------------------------------------
