@@ -35,9 +35,8 @@ pub const MOTO_RECURSION_LIMIT: u32 = 20_000;
 pub const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why the end-to-end prerequisites (python3 with `modules`, `moto_server`) are not met, if they
-/// are not.
-pub fn missing_prerequisite(modules: &[&str]) -> Option<String> {
+/// Why python3 cannot import `modules`, if it cannot.
+pub fn missing_python_modules(modules: &[&str]) -> Option<String> {
     let list = modules
         .iter()
         .map(|m| format!("'{m}'"))
@@ -50,19 +49,27 @@ pub fn missing_prerequisite(modules: &[&str]) -> Option<String> {
          sys.exit(1 if missing else 0)"
     );
     match Command::new("python3").args(["-c", &probe]).output() {
-        Err(e) => return Some(format!("python3 cannot be run: {e}")),
+        Err(e) => Some(format!("python3 cannot be run: {e}")),
         Ok(out) if !out.status.success() => {
             let missing = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            return Some(if missing.is_empty() {
+            Some(if missing.is_empty() {
                 format!(
                     "python3 probe failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 )
             } else {
                 format!("python3 lacks module(s): {missing}")
-            });
+            })
         }
-        Ok(_) => {}
+        Ok(_) => None,
+    }
+}
+
+/// Why the end-to-end prerequisites (python3 with `modules`, `moto_server`) are not met, if they
+/// are not.
+pub fn missing_prerequisite(modules: &[&str]) -> Option<String> {
+    if let Some(reason) = missing_python_modules(modules) {
+        return Some(reason);
     }
     match Command::new("moto_server")
         .arg("--help")
