@@ -111,10 +111,7 @@ pub fn missing_node_prerequisite() -> Option<String> {
         Err(e) => Some(format!("node cannot be run: {e}")),
         Ok(out) if !out.status.success() => Some(format!(
             "node cannot load aws-xray-sdk-core (run `npm ci --prefix tests/node`): {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
+            first_error_line(&String::from_utf8_lossy(&out.stderr))
         )),
         Ok(out) if String::from_utf8_lossy(&out.stdout) != pinned => Some(format!(
             "tests/node/node_modules has aws-xray-sdk-core {}, package.json pins {pinned} \
@@ -123,6 +120,14 @@ pub fn missing_node_prerequisite() -> Option<String> {
         )),
         Ok(_) => None,
     }
+}
+
+/// The first line of `text` that names an error (node prints the source location first), or
+/// else its first line.
+fn first_error_line(text: &str) -> &str {
+    let mut lines = text.lines();
+    let error = lines.clone().find(|l| l.contains("Error"));
+    error.or(lines.next()).unwrap_or_default().trim()
 }
 
 /// True if `test` should run (python3 with `modules` and `moto_server` are there); prints
