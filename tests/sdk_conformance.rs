@@ -37,7 +37,7 @@ use e2e_support::{
     Creds, ScriptOutput, TempDir, excerpt, first_difference, get_traces, moto_setup, run_node,
     run_script, start_moto,
 };
-use proxy_support::{FakeSampling, parse_proxy_line};
+use proxy_support::{FakeSampling, tcp_addr};
 use support::{Daemon, assert_conserved, poll_until, secs};
 
 const PYTHON_MODULES: &[&str] = &["boto3", "moto", "aws_xray_sdk"];
@@ -406,14 +406,6 @@ fn start_xrayd(endpoint: &str, creds: &Creds) -> Daemon {
             ("AWS_SECRET_ACCESS_KEY", &creds.secret),
         ],
     )
-}
-
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    const PROXY_PREFIX: &str = "Starting proxy http server on ";
-    let line = d
-        .wait_for_line(PROXY_PREFIX, secs(10))
-        .unwrap_or_else(|| panic!("no '{PROXY_PREFIX}' line:\n{}", d.log()));
-    parse_proxy_line(&line).unwrap_or_else(|| panic!("cannot parse {line:?}"))
 }
 
 // ---------------------------------------------------------------------------------------------
