@@ -9,6 +9,12 @@
 //! waits for the disk or a pipe. When the queue is full (the output cannot keep up) lines are
 //! dropped and counted, and the writer reports how many. Write errors are counted, never raised.
 //! [`flush`] waits (bounded) for queued lines to be written, for the end of the process.
+//!
+//! A message is one line whatever it holds: text lines spell control characters (newlines, ESC,
+//! C1, DEL), line separators and bidirectional controls as `\n`, `\x1b`, `\u{202e}` (JSON lines
+//! escape them as JSON does), so ids, paths and error texts from outside cannot forge a line or
+//! drive a terminal. A message longer than 8 KiB is cut and marked `…(N bytes)`; [`excerpt`]
+//! bounds a single outside value tighter.
 
 use crate::json::json_string;
 use std::fmt::Write as _;
@@ -282,15 +288,18 @@ pub fn write_errors() -> u64 {
 }
 
 fn text_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
-    let mut line = format!("{} [{}] {}", timestamp(), level.label(), args);
+    let message = message_of(args);
+    let mut line = String::with_capacity(message.len() + 40);
+    let _ = write!(line, "{} [{}] ", timestamp(), level.label());
+    push_escaped(&mut line, &excerpt(&message, MAX_MESSAGE_BYTES));
     for (k, v) in fields {
         let _ = match v {
             Value::U(n) => write!(line, " {k}={n}"),
             Value::I(n) => write!(line, " {k}={n}"),
             Value::F(n) => write!(line, " {k}={n}"),
             Value::B(b) => write!(line, " {k}={b}"),
-            Value::S(s) if s.is_empty() || s.contains([' ', '"', '=']) => {
-                write!(line, " {k}={}", json_string(s))
+            Value::S(s) if s.is_empty() || s.contains([' ', '"', '=']) || needs_escape(s) => {
+                write!(line, " {k}={}", json_text(s))
             }
             Value::S(s) => write!(line, " {k}={s}"),
         };
@@ -299,11 +308,114 @@ fn text_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Argumen
     line
 }
 
+/// Longest message written whole; a longer one is cut there and marked `…(N bytes)`.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
+fn message_of(args: std::fmt::Arguments<'_>) -> std::borrow::Cow<'_, str> {
+    match args.as_str() {
+        Some(s) => s.into(),
+        None => args.to_string().into(),
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A bounded excerpt of a value that came from outside (an answer body, a file's value) for a
+/// message: at most `max` bytes, then `…(N bytes)` naming the whole length. Control characters
+/// need no care here: the text log escapes them in every line (see [`escape`]).
+pub fn excerpt(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        s.into()
+    } else {
+        format!("{}…({} bytes)", bounded(s, max), s.len()).into()
+    }
+}
+
+/// Characters a text line never holds as they are: they could end the line early (and forge the
+/// next one), drive the terminal (ESC sequences) or reorder what is shown (bidirectional
+/// overrides). Tab is kept.
+fn must_escape(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn needs_escape(s: &str) -> bool {
+    s.chars().any(must_escape)
+}
+
+/// Appends `s` with every [`must_escape`] character spelled out: `\n`, `\r`, `\x1b`, `\u{202e}`.
+fn push_escaped(out: &mut String, s: &str) {
+    if !needs_escape(s) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if must_escape(c) && c.is_ascii() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if must_escape(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// `s` as a JSON string whose text is plain to a terminal too: what JSON leaves as it is (DEL, C1
+/// controls, line separators, bidirectional controls) is written as `\uXXXX`.
+fn json_text(s: &str) -> String {
+    let quoted = json_string(s);
+    if !needs_escape(&quoted) {
+        return quoted;
+    }
+    let mut out = String::with_capacity(quoted.len() + 8);
+    for c in quoted.chars() {
+        if must_escape(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `s` as the text log writes it: control characters, line and paragraph separators and
+/// bidirectional controls escaped, so a value from outside can never start a line of its own.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if needs_escape(s) {
+        let mut out = String::with_capacity(s.len() + 8);
+        push_escaped(&mut out, s);
+        out.into()
+    } else {
+        s.into()
+    }
+}
+
 fn json_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
-    let message = match args.as_str() {
-        Some(s) => json_string(s),
-        None => json_string(&args.to_string()),
-    };
+    let message = message_of(args);
+    let message = json_text(&excerpt(&message, MAX_MESSAGE_BYTES));
     let mut line = format!(
         "{{\"time\":{},\"level\":\"{}\",\"message\":{}",
         json_string(&timestamp_millis()),
@@ -324,7 +436,7 @@ fn json_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Argumen
                 Value::F(n) if n.is_finite() => write!(line, "{n}"),
                 Value::F(_) => write!(line, "null"),
                 Value::B(b) => write!(line, "{b}"),
-                Value::S(s) => write!(line, "{}", json_string(s)),
+                Value::S(s) => write!(line, "{}", json_text(s)),
             };
         }
         line.push('}');
@@ -484,8 +596,9 @@ impl Destination {
             self.last_complaint = Some(now);
             let _ = writeln!(
                 io::stderr(),
-                "{} [Error] Cannot write the log: {e} ({} lines lost so far)",
+                "{} [Error] Cannot write the log: {} ({} lines lost so far)",
                 timestamp(),
+                escape(&e.to_string()),
                 WRITE_ERRORS.load(Relaxed)
             );
         }
@@ -677,9 +790,54 @@ mod tests {
         assert_eq!(v["fields"]["neg"], -2);
         let t = v["time"].as_str().unwrap();
         assert_eq!(&t[19..20], ".", "{t}");
+        let odd = json_line(
+            Level::Info,
+            &[("f", Value::S("\u{85}"))],
+            format_args!("a\u{7f}\u{9b}\u{2028}\u{202e}\u{1b}"),
+        );
+        assert!(!needs_escape(&odd[..odd.len() - 1]), "{odd:?}");
+        let v: serde_json::Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(v["message"], "a\u{7f}\u{9b}\u{2028}\u{202e}\u{1b}");
+        assert_eq!(v["fields"]["f"], "\u{85}");
         let plain: serde_json::Value =
             serde_json::from_str(&json_line(Level::Info, &[], format_args!("x"))).unwrap();
         assert!(plain.get("fields").is_none());
+    }
+
+    #[test]
+    fn text_lines_escape_what_could_forge_a_line_or_drive_a_terminal() {
+        let line = text_line(
+            Level::Error,
+            &[("id", Value::S("a\nb"))],
+            format_args!(
+                "id {}",
+                "x\n2026-01-01T00:00:00Z [Error] forged\r\x1b[31m\u{7f}\u{85}\u{2028}\u{202e}\té"
+            ),
+        );
+        let (_, rest) = line.split_once(' ').unwrap();
+        assert_eq!(
+            rest,
+            "[Error] id x\\n2026-01-01T00:00:00Z [Error] forged\\r\\x1b[31m\\x7f\\u{0085}\\u{2028}\\u{202e}\té id=\"a\\nb\"\n"
+        );
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\u{1}"), "a\\x01");
+    }
+
+    #[test]
+    fn long_messages_and_excerpts_are_bounded() {
+        let big = "é".repeat(10_000);
+        let line = text_line(Level::Info, &[], format_args!("v {big}"));
+        assert!(line.len() < MAX_MESSAGE_BYTES + 100, "{}", line.len());
+        assert!(
+            line.ends_with("…(20002 bytes)\n"),
+            "{}",
+            &line[line.len() - 40..]
+        );
+        let json = json_line(Level::Info, &[], format_args!("v {big}"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v["message"].as_str().unwrap().ends_with("…(20002 bytes)"));
+        assert_eq!(excerpt("short", 512), "short");
+        assert_eq!(excerpt("aéb", 2), "a…(4 bytes)");
     }
 
     #[test]

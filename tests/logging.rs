@@ -5,6 +5,11 @@
 #[path = "telemetry_support/mod.rs"]
 mod support;
 
+/// The scriptable fake of X-Ray, for answers that carry hostile text.
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod xray_support;
+
 use std::time::{Duration, Instant};
 
 use support::{Daemon, TempDir, datagram, local_sink_args, segment, send, wait_for_file};
@@ -308,4 +313,64 @@ fn a_stalled_log_output_never_blocks_ingest() {
         stopping.elapsed() < Duration::from_secs(8),
         "shutdown does not wait for the stalled log forever"
     );
+}
+
+/// X-Ray names unprocessed segments by the ids it was sent (or any text it likes): an id holding a
+/// newline and a fake time stamp must not become a line of its own, nor may ESC reach a terminal.
+#[test]
+fn ids_and_messages_from_x_ray_cannot_forge_log_lines() {
+    use xray_support::{Behaviour, FakeXray, make_segment, send_segments};
+    let answer = serde_json::json!({ "UnprocessedTraceSegments": [{
+        "Id": "abc\n2026-01-01T00:00:00Z [Error] forged\u{1b}[31m",
+        "ErrorCode": "Bad\u{1b}]0;title\u{7}",
+        "Message": "m\r\n[Info] forged too\u{2028}\u{202e}"
+    }]})
+    .to_string();
+    for format in ["text", "json"] {
+        let fake = FakeXray::start();
+        fake.set_default(Behaviour::Status(200, answer.clone()));
+        let mut d = xray_support::Daemon::for_fake(&fake, &["--log-format", format], &[]);
+        let udp = if format == "json" {
+            let line = d
+                .wait_for_line("Listening for segments", Duration::from_secs(10))
+                .expect("start-up line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            xray_support::parse_listening_line(v["message"].as_str().unwrap()).unwrap()
+        } else {
+            d.udp_addr()
+        };
+        send_segments(udp, &[make_segment(1, 200)]);
+        assert!(
+            d.wait_for_line("Unprocessed segment", Duration::from_secs(20))
+                .is_some(),
+            "{}",
+            d.log()
+        );
+        d.sigterm();
+        assert!(d.wait_exit(Duration::from_secs(20)).success());
+        let log = d.log();
+        assert!(
+            !log.contains(['\u{1b}', '\u{7}', '\r', '\u{2028}', '\u{202e}']),
+            "{log:?}"
+        );
+        for line in d.lines() {
+            if line.contains("forged") {
+                assert!(
+                    line.contains("Unprocessed segment"),
+                    "forged line: {line:?}"
+                );
+            }
+            if format == "json" {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+                if v["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Unprocessed segment:")
+                {
+                    assert!(v["message"].as_str().unwrap().contains("\n2026-01-01"));
+                }
+            }
+        }
+    }
 }
