@@ -320,14 +320,7 @@ fn message_of(args: std::fmt::Arguments<'_>) -> std::borrow::Cow<'_, str> {
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 fn bounded(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// A bounded excerpt of a value that came from outside (an answer body, a file's value) for a

@@ -7,7 +7,6 @@ mod support;
 
 /// The scriptable fake of X-Ray, for answers that carry hostile text.
 #[path = "support/mod.rs"]
-#[allow(dead_code)]
 mod xray_support;
 
 use std::time::{Duration, Instant};
