@@ -128,11 +128,9 @@ fn build_sink(
 
 /// Runs the daemon; returns the process exit code.
 pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    // Handlers first: a signal during start-up must lead to a clean shutdown, not a kill.
-    let signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    // Handlers first: a signal during start-up must lead to a clean shutdown, not a kill; and the
+    // signals process managers and logrotate send for other reasons must not kill it at all.
+    let signals = match signal_hook::iterator::Signals::new(HANDLED_SIGNALS) {
         Ok(signals) => signals,
         Err(e) => {
             crate::error!("Cannot install signal handlers: {e}");
@@ -242,7 +240,7 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         .ingest_running
         .store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let signal = wait_for_signal(signals);
+    let signal = wait_for_signal(signals, &stats);
     crate::info!("Got shutdown signal: {signal}");
     let deadline = Instant::now() + s.shutdown_timeout;
     ingest.stop();
@@ -286,10 +284,30 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHand
         })
 }
 
-/// Blocks until SIGINT or SIGTERM; returns its name as Go prints it.
-fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str {
-    match signals.forever().next() {
-        Some(signal_hook::consts::SIGINT) => "interrupt",
-        _ => "terminated",
+/// The signals the daemon handles (SIGPIPE is ignored by the Rust runtime: a closed pipe is a
+/// write error, which the log counts).
+const HANDLED_SIGNALS: [i32; 5] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+];
+
+/// Blocks until SIGINT or SIGTERM; returns its name as Go prints it. Meanwhile SIGHUP reopens the
+/// log file (logrotate's `postrotate kill -HUP`), SIGUSR1 logs the counts so far and SIGUSR2 is
+/// logged; all three leave the daemon running.
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals, stats: &Stats) -> &'static str {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    for signal in signals.forever() {
+        match signal {
+            SIGINT => return "interrupt",
+            SIGTERM => return "terminated",
+            SIGHUP if crate::log::reopen() => crate::info!("Got SIGHUP: reopened the log file"),
+            SIGHUP => crate::info!("Got SIGHUP: no log file to reopen"),
+            SIGUSR1 => crate::info!("Got SIGUSR1: counts: {}", stats.snapshot().to_kv_line()),
+            other => crate::info!("Got signal {other}: ignored"),
+        }
     }
+    "terminated"
 }

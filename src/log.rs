@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -164,6 +164,8 @@ impl<'a> From<&'a String> for Value<'a> {
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
 static SINK: OnceLock<Sink> = OnceLock::new();
+/// The writer thread writes to a log file.
+static TO_FILE: AtomicBool = AtomicBool::new(false);
 static TZ: OnceLock<jiff::tz::TimeZone> = OnceLock::new();
 /// Lines dropped because the queue was full, not yet reported.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -179,6 +181,8 @@ const GATHER: Duration = Duration::from_millis(20);
 enum Msg {
     Line(String),
     Flush(Sender<()>),
+    /// Close and reopen the log file (after logrotate moved it away).
+    Reopen,
 }
 
 enum Sink {
@@ -195,9 +199,11 @@ pub fn init(level: Level, format: Format, output: Output) -> io::Result<()> {
     set_format(format);
     let mut dest = Destination::open(output)?;
     let (tx, rx) = crossbeam_channel::bounded(QUEUE_LINES);
+    let to_file = matches!(dest.out, Target::File(_));
     if SINK.set(Sink::Queue(tx)).is_err() {
         return Ok(());
     }
+    TO_FILE.store(to_file, Relaxed);
     std::thread::Builder::new()
         .name("xrayd-log".into())
         .spawn(move || dest.run(rx))?;
@@ -263,22 +269,35 @@ fn emit(line: String) {
 
 /// Waits until every line queued so far is written, at most `timeout`. Call before exiting.
 pub fn flush(timeout: Duration) {
-    if let Some(Sink::Queue(tx)) = SINK.get() {
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let deadline = Instant::now() + timeout;
-        // The queue may be full: keep trying until the deadline.
-        let mut msg = Msg::Flush(done_tx);
-        loop {
-            match tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    msg = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => return,
-            }
-        }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let deadline = Instant::now() + timeout;
+    if send_control(Msg::Flush(done_tx), deadline) {
         let _ = done_rx.recv_deadline(deadline);
+    }
+}
+
+/// Has the writer close the log file and open it again by its path, after the lines queued so
+/// far: what `kill -HUP` after logrotate moved the file away asks for. Lines queued after this
+/// call go to the new file. False (and nothing done) when the log is not a file.
+pub fn reopen() -> bool {
+    TO_FILE.load(Relaxed) && send_control(Msg::Reopen, Instant::now() + Duration::from_secs(1))
+}
+
+/// Queues a control message behind the lines queued so far; the queue may be full, so this keeps
+/// trying until `deadline`. False when it could not be queued (or there is no writer thread).
+fn send_control(mut msg: Msg, deadline: Instant) -> bool {
+    let Some(Sink::Queue(tx)) = SINK.get() else {
+        return false;
+    };
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
     }
 }
 
@@ -525,6 +544,7 @@ impl Destination {
                 match msg {
                     Msg::Line(line) => self.write_line(&line),
                     Msg::Flush(ack) => acks.push(ack),
+                    Msg::Reopen => self.reopen(),
                 }
                 next = rx.try_recv().ok();
             }
@@ -575,6 +595,17 @@ impl Destination {
         };
         if let Err(e) = result {
             self.complain(&e);
+        }
+    }
+
+    /// Closes the log file (flushing it) and opens the file at its path again.
+    fn reopen(&mut self) {
+        if let Target::File(f) = &mut self.out {
+            let flushed = f.file.take().map_or(Ok(()), |mut w| w.flush());
+            let reopened = f.reopen();
+            if let Err(e) = flushed.and(reopened) {
+                self.complain(&e);
+            }
         }
     }
 
@@ -892,6 +923,29 @@ mod tests {
         }
         d.flush();
         assert_eq!(std::fs::metadata(&path2).unwrap().len(), 275);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reopen_starts_a_fresh_file_after_the_old_one_was_moved() {
+        let dir = temp_dir("reopen");
+        let path = dir.join("x.log").to_string_lossy().into_owned();
+        let mut d = Destination::open(Output::File {
+            path: path.clone(),
+            rotate_at: None,
+        })
+        .unwrap();
+        d.write_line("before\n");
+        std::fs::rename(&path, format!("{path}.1")).unwrap();
+        d.write_line("still old\n");
+        d.reopen();
+        d.write_line("after\n");
+        d.flush();
+        assert_eq!(
+            std::fs::read_to_string(format!("{path}.1")).unwrap(),
+            "before\nstill old\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
