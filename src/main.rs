@@ -48,13 +48,15 @@ fn main() {
         std::process::exit(2);
     }
     let env = |k: &str| std::env::var(k).ok();
-    let explicit = parsed.get("config").filter(|p| !p.trim().is_empty());
-    let settings = match file::load(explicit, &file::read_file)
+    let settings = match file::load(parsed.get("config"), &file::read_file)
         .and_then(|files| config::resolve_with(&parsed, &files, &env, &config::Host::detect()))
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("xrayd: {e}");
+            // Messages quote keys and values of the files: one line each, escaped.
+            for line in e.to_string().lines() {
+                eprintln!("xrayd: {}", log::escape(line));
+            }
             std::process::exit(1);
         }
     };

@@ -562,3 +562,72 @@ fn the_daemon_runs_with_the_layered_values() {
         "{text}"
     );
 }
+
+/// `-c` takes only a regular file of at most 1 MiB: a device would be read until memory runs out,
+/// a FIFO would block start-up forever, and an empty path is a mistake, not "no file".
+#[test]
+fn config_files_must_be_regular_files_of_bounded_size() {
+    let dir = TempDir::new("cfg-bad-input");
+    let fifo = dir.file("fifo.yaml");
+    let c_path = std::ffi::CString::new(fifo.clone()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let big = dir.write(
+        "big.yaml",
+        &format!("Version: 2\n#{}\n", "x".repeat(2 << 20)),
+    );
+    let cases: [(&str, &str); 5] = [
+        (&fifo, "it is a FIFO, not a regular file"),
+        ("/dev/zero", "it is a device, not a regular file"),
+        ("/dev/urandom", "it is a device, not a regular file"),
+        (
+            dir.path().to_str().unwrap(),
+            "it is a directory, not a regular file",
+        ),
+        (&big, "it is larger than the limit of 1048576 bytes"),
+    ];
+    for (path, why) in cases {
+        let e = fails(&dir, &["-c", path, "-n", "us-east-1"], &[]);
+        let head = format!("xrayd: -c/--config: cannot read config file {path}: ");
+        assert!(e.starts_with(&head) && e.lines().count() == 1, "{e}");
+        assert!(e.contains(why), "{path}: {e}");
+    }
+    for empty in ["", " "] {
+        let e = fails(&dir, &["-c", empty, "-n", "us-east-1"], &[]);
+        assert_eq!(
+            e.trim_end(),
+            "xrayd: -c/--config needs a file path (it was given an empty one)"
+        );
+    }
+}
+
+/// A region that is not a region name ends start-up with a bounded, escaped excerpt of it, from a
+/// flag, the environment or a file.
+#[test]
+fn a_huge_or_hostile_region_is_an_error_with_a_bounded_excerpt() {
+    let dir = TempDir::new("cfg-region");
+    let huge = "a".repeat(100_000);
+    let e = fails(&dir, &["-n", &huge], &[]);
+    assert!(e.len() < 1000, "{} bytes: {}", e.len(), &e[..300]);
+    assert!(
+        e.contains("-n/--region") && e.contains("invalid AWS region"),
+        "{e}"
+    );
+    let e = fails(
+        &dir,
+        &[],
+        &[("AWS_REGION", "us-east-1\n[Error] forged\u{1b}[31m")],
+    );
+    assert!(e.contains("AWS_REGION"), "{e}");
+    assert!(!e.contains('\u{1b}') && e.lines().count() == 1, "{e:?}");
+    let path = dir.write(
+        "hostile.yaml",
+        "Version: 2\nRegion: \"eu-west-1\\n[Error] forged \\e[31m\"\nConcurrency: \"\\e]0;x\\a\"\n",
+    );
+    let e = fails(&dir, &["-c", &path], &[]);
+    assert!(!e.contains('\u{1b}') && !e.contains('\u{7}'), "{e:?}");
+    assert!(
+        e.lines().all(|l| l.starts_with("xrayd: ")),
+        "every line is one of xrayd's: {e:?}"
+    );
+}

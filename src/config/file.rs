@@ -114,7 +114,7 @@ impl Yaml {
             Yaml::Bool(b) => format!("the boolean {b}"),
             Yaml::Int(i) => format!("the number {i}"),
             Yaml::Float(f) => format!("the number {f}"),
-            Yaml::Str(s) => format!("the string {s:?}"),
+            Yaml::Str(s) => format!("the string {:?}", crate::log::excerpt(s, 200)),
             Yaml::Seq(_) => "a list".into(),
             Yaml::Map(_) => "a mapping".into(),
         }
@@ -347,6 +347,11 @@ pub fn load(
     read: &dyn Fn(&str) -> std::io::Result<Option<String>>,
 ) -> Result<Vec<FileConfig>, ConfigError> {
     let mut files = Vec::new();
+    if explicit.is_some_and(|p| p.trim().is_empty()) {
+        return Err(ConfigError(
+            "-c/--config needs a file path (it was given an empty one)".into(),
+        ));
+    }
     if let Some(path) = explicit {
         match read(path) {
             Ok(Some(text)) => files.push(parse(path, &text, Origin::Explicit)?),
@@ -385,17 +390,68 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
-/// Reads a file for [`load`]: `Ok(None)` when it does not exist.
+/// Largest config file read (the AWS daemon's own files are about 1 KiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a file for [`load`]: `Ok(None)` when it does not exist. Only a regular file of at most
+/// [`MAX_FILE_BYTES`] is read: a device (`/dev/zero`) would be read until memory runs out, and a
+/// FIFO would block start-up forever. The file type is checked before opening, and the file is
+/// opened non-blocking (and checked again) in case it was swapped in between.
 pub fn read_file(path: &str) -> std::io::Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the file is not UTF-8 text",
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    let check = |meta: &std::fs::Metadata| {
+        if !meta.is_file() {
+            return Err(invalid(format!(
+                "it is {}, not a regular file",
+                file_kind(meta.file_type())
+            )));
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(invalid(too_big(meta.len())));
+        }
+        Ok(())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => check(&meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    check(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(too_big(bytes.len() as u64)));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
+    })
+}
+
+fn too_big(len: u64) -> String {
+    format!("it is larger than the limit of {MAX_FILE_BYTES} bytes ({len} bytes or more)")
+}
+
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 

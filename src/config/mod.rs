@@ -323,6 +323,12 @@ pub fn resolve_with(
         }
         (r, _) => (r, region_source),
     };
+    if let Some(r) = &region
+        && let Err(e) = crate::aws::endpoint::validate_region(r)
+    {
+        // The message shows a bounded, escaped excerpt of the value.
+        return err(format!("the region from {region_source}: {e}"));
+    }
     if region.is_none() && local_sink.is_none() {
         let file = if files.is_empty() {
             String::new()
