@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{Daemon, TempDir, local_sink_args, run, wait_for_file};
+use support::{Daemon, TempDir, datagram, local_sink_args, run, segment, send, wait_for_file};
 
 /// The cfg.yaml the AWS daemon's Docker image installs as `/etc/amazon/xray/cfg.yaml`
 /// (aws-xray-daemon `pkg/cfg.yaml`): Version 2 with every key.
@@ -630,4 +630,64 @@ fn a_huge_or_hostile_region_is_an_error_with_a_bounded_excerpt() {
         e.lines().all(|l| l.starts_with("xrayd: ")),
         "every line is one of xrayd's: {e:?}"
     );
+}
+
+/// The outbound proxy's password (from -p, ProxyAddress or HTTPS_PROXY) never reaches
+/// --print-config, an error or a log line.
+#[test]
+fn the_proxy_password_is_never_shown() {
+    let dir = TempDir::new("cfg-proxy-secret");
+    let flag = effective(
+        &dir,
+        &["-n", "us-east-1", "-p", "http://user:PASS@127.0.0.1:9"],
+        &[],
+    );
+    assert_eq!(flag["ProxyAddress"], "http://***@127.0.0.1:9");
+    let path = dir.write(
+        "proxy.yaml",
+        "Version: 2\nProxyAddress: \"https://u:PASS@proxy.example:3128/\"\n",
+    );
+    let file = effective(&dir, &["-n", "us-east-1", "-c", &path], &[]);
+    assert_eq!(file["ProxyAddress"], "https://***@proxy.example:3128/");
+    for var in ["HTTPS_PROXY", "https_proxy"] {
+        let env = effective(&dir, &["-n", "us-east-1"], &[(var, "http://me:PASS@h:1")]);
+        assert_eq!(env["ProxyAddress"], "http://***@h:1", "{var}");
+    }
+    let e = fails(&dir, &["-n", "us-east-1", "-p", "http://u:PASS@[bad"], &[]);
+    assert!(
+        e.contains("proxy address http://***@[bad") && !e.contains("PASS"),
+        "{e}"
+    );
+
+    // Running: uploads and telemetry through a proxy that refuses connections.
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-t",
+            "127.0.0.1:0",
+            "-n",
+            "us-east-1",
+            "-o",
+            "-l",
+            "dev",
+            "-p",
+            "http://user:PASS@127.0.0.1:9",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDPROXYTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "proxy-test-secret"),
+            ("XRAYD_TELEMETRY_INTERVAL_MS", "100"),
+        ],
+    );
+    let udp = d.udp_addr();
+    send(udp, &[datagram(&segment(1, 100))], Duration::ZERO);
+    d.line("failed to send", Duration::from_secs(20));
+    d.line(
+        "Sending batch of 1 segments failed",
+        Duration::from_secs(20),
+    );
+    assert!(d.stop().success());
+    assert!(!d.log().contains("PASS"), "{}", d.log());
 }

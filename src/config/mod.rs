@@ -366,6 +366,15 @@ pub fn resolve_with(
     let proxy = get("proxy-address")
         .or_else(|| non_empty(env("HTTPS_PROXY")))
         .or_else(|| non_empty(env("https_proxy")));
+    if let Some(p) = &proxy
+        && let Err(e) = ureq::Proxy::new(p)
+    {
+        // Checked here so that no later message quotes it: it may hold a password.
+        return err(format!(
+            "proxy address {}: {e}",
+            crate::log::excerpt(&crate::aws::http::redact_url(p), 200)
+        ));
+    }
     let retry_base_delay = duration("retry-base-delay", Duration::from_millis(200))?;
     let retry_max_delay =
         duration("retry-max-delay", Duration::from_secs(30))?.max(retry_base_delay);
@@ -456,7 +465,8 @@ pub fn render(s: &Settings) -> String {
         resource = opt(&s.resource_arn),
         role = opt(&s.role_arn),
         noverify = s.no_verify_ssl,
-        proxy = opt(&s.proxy),
+        // The proxy's user name and password are never shown.
+        proxy = opt(&s.proxy.as_deref().map(crate::aws::http::redact_url)),
     )
 }
 
