@@ -812,6 +812,31 @@ fn container_relative_uri_with_a_static_token() {
     assert_eq!(creds_eventually(&p).access_key_id(), "ASIAECS00001");
 }
 
+/// An error answer is quoted as a short single-line excerpt, without the token it may echo.
+#[test]
+fn a_container_error_answer_is_bounded_escaped_and_never_echoes_the_token() {
+    let server = FakeServer::start(|r| {
+        let echoed = r.header("authorization").unwrap_or("").to_string();
+        let body = serde_json::json!({
+            "Code": "AccessDenied\n[Error] forged\u{1b}[31m",
+            "Message": format!("token {echoed} rejected {}", "x".repeat(100_000)),
+        });
+        Response::json(403, &body.to_string())
+    });
+    let env = Env::hermetic()
+        .set(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            &format!("{}/creds", server.url()),
+        )
+        .set("AWS_CONTAINER_AUTHORIZATION_TOKEN", "SECRET-AUTH-TOKEN");
+    let (p, _) = build(&env, "us-east-1", None);
+    let e = error_eventually(&p, "HTTP 403");
+    assert!(!e.contains("SECRET-AUTH-TOKEN"), "{e}");
+    assert!(e.contains("token *** rejected"), "{e}");
+    assert!(e.len() < 1000, "{} bytes", e.len());
+    assert!(!e.contains(['\n', '\u{1b}']), "{e:?}");
+}
+
 #[test]
 fn container_errors_and_forbidden_hosts() {
     let server = FakeServer::start(|_| {

@@ -138,6 +138,14 @@ fn check_full_uri(uri: &str) -> Result<(), String> {
     }
 }
 
+/// `text` with every occurrence of `secret` replaced by `***`.
+fn without_secret(text: &str, secret: Option<&str>) -> String {
+    match secret.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => text.replace(t, "***"),
+        None => text.to_string(),
+    }
+}
+
 impl FetchCredentials for ContainerFetch {
     fn fetch(&self) -> Result<Credentials, CredentialsError> {
         let what = &self.description;
@@ -171,10 +179,12 @@ impl FetchCredentials for ContainerFetch {
             let code = json_field(&reply.body, "Code");
             let message =
                 json_field(&reply.body, "Message").or_else(|| json_field(&reply.body, "message"));
+            // A bounded, single-line excerpt; an endpoint echoing the token we sent must not
+            // put it in a log line.
             let detail = [code, message]
                 .into_iter()
                 .flatten()
-                .map(|s| excerpt(&s))
+                .map(|s| excerpt(&without_secret(&s, token.as_deref())))
                 .collect::<Vec<_>>()
                 .join(": ");
             return Err(CredentialsError(format!(
