@@ -99,7 +99,7 @@ impl StsClient {
                 &[("content-type", FORM_CONTENT_TYPE)],
                 Some(body.as_bytes()),
             )
-            .map_err(|e| CredentialsError(format!("{what} at {}: {e}", self.url)))?;
+            .map_err(|e| CredentialsError(format!("{what} at {}: {e}", redact_url(&self.url))))?;
         parse_sts_answer(
             reply.status,
             &reply.text(),
@@ -147,7 +147,7 @@ impl StsClient {
         let reply = self
             .http
             .call("POST", &self.url, &headers, Some(body.as_bytes()))
-            .map_err(|e| CredentialsError(format!("{what} at {}: {e}", self.url)))?;
+            .map_err(|e| CredentialsError(format!("{what} at {}: {e}", redact_url(&self.url))))?;
         let secrets = [base.secret_access_key(), base.session_token().unwrap_or("")];
         parse_sts_answer(
             reply.status,
@@ -396,6 +396,26 @@ mod tests {
     </Credentials>
   </AssumeRoleWithWebIdentityResult>
 </AssumeRoleWithWebIdentityResponse>"#;
+
+    #[test]
+    fn transport_errors_never_show_the_endpoints_user_info() {
+        // Port 9 (discard) on loopback: nothing listens, the call fails at once.
+        let sts = StsClient::new(
+            "http://user:PASS@127.0.0.1:9",
+            "us-east-1",
+            Duration::from_secs(5),
+            None,
+            None,
+        )
+        .unwrap();
+        let e = sts
+            .assume_role_with_web_identity("arn:aws:iam::1:role/r", "s", "tok")
+            .unwrap_err();
+        assert!(
+            e.0.contains("http://***@127.0.0.1:9/") && !e.0.contains("PASS"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn reads_credentials_with_entities() {
