@@ -286,23 +286,27 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHand
 
 /// The signals the daemon handles (SIGPIPE is ignored by the Rust runtime: a closed pipe is a
 /// write error, which the log counts).
-const HANDLED_SIGNALS: [i32; 5] = [
+const HANDLED_SIGNALS: [i32; 6] = [
     signal_hook::consts::SIGINT,
     signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGQUIT,
     signal_hook::consts::SIGHUP,
     signal_hook::consts::SIGUSR1,
     signal_hook::consts::SIGUSR2,
 ];
 
-/// Blocks until SIGINT or SIGTERM; returns its name as Go prints it. Meanwhile SIGHUP reopens the
+/// Blocks until SIGINT, SIGTERM or SIGQUIT (a stop signal some process managers are configured
+/// with; by default it would kill the process and lose the buffer); returns its name as Go prints
+/// it. Meanwhile SIGHUP reopens the
 /// log file (logrotate's `postrotate kill -HUP`), SIGUSR1 logs the counts so far and SIGUSR2 is
 /// logged; all three leave the daemon running.
 fn wait_for_signal(mut signals: signal_hook::iterator::Signals, stats: &Stats) -> &'static str {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
     for signal in signals.forever() {
         match signal {
             SIGINT => return "interrupt",
             SIGTERM => return "terminated",
+            SIGQUIT => return "quit",
             SIGHUP if crate::log::reopen() => crate::info!("Got SIGHUP: reopened the log file"),
             SIGHUP => crate::info!("Got SIGHUP: no log file to reopen"),
             SIGUSR1 => crate::info!("Got SIGUSR1: counts: {}", stats.snapshot().to_kv_line()),

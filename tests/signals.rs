@@ -4,6 +4,8 @@
 //!   running, lines after it go to a fresh file at the `-f` path, and segments keep flowing.
 //! - SIGUSR1 logs the counts so far; SIGUSR2 and SIGPIPE are survived: none of them ends the
 //!   process, and the final counts still come at SIGTERM with everything delivered.
+//! - SIGQUIT (the stop signal some process managers use) shuts down like SIGTERM: buffered
+//!   segments are delivered and the final counts logged, instead of a core dump.
 
 mod support;
 
@@ -104,4 +106,30 @@ fn sigusr1_logs_the_counts_and_usr2_and_pipe_do_not_stop_the_daemon() {
     d.sigterm();
     assert!(d.wait_exit(secs(20)).success());
     assert_eq!(d.final_counts()["sent"], 10);
+}
+
+#[test]
+fn sigquit_shuts_down_cleanly_delivering_what_is_buffered() {
+    let fake = FakeXray::start();
+    let mut d = Daemon::for_fake(&fake, &["-l", "info"], &[]);
+    let udp = d.udp_addr();
+    send_segments(udp, &docs(0..5));
+    // Received, still in the batcher (a batch waits up to a second for more).
+    poll_until(
+        secs(20),
+        || d.log(),
+        || {
+            d.signal(libc::SIGUSR1);
+            d.wait_for_line("received=5 ", secs(1))
+        },
+    );
+    d.signal(libc::SIGQUIT);
+    let status = d.wait_exit(secs(20));
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(
+        d.wait_for_line("Got shutdown signal: quit", secs(5))
+            .is_some()
+    );
+    assert_eq!(d.final_counts()["sent"], 5);
+    assert_eq!(fake.delivered_count(), 5);
 }
