@@ -244,6 +244,7 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     crate::info!("Got shutdown signal: {signal}");
     let deadline = Instant::now() + s.shutdown_timeout;
     ingest.stop();
+    backlog.hurry();
     stats
         .ingest_running
         .store(false, std::sync::atomic::Ordering::Relaxed);

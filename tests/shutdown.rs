@@ -5,6 +5,8 @@
 //! - SIGTERM during an outage: the process exits within the deadline (plus the final telemetry
 //!   call, at most 1 s here, and slack), counts what it could not deliver as
 //!   `dropped_at_shutdown` and says so in a warning line.
+//! - SIGTERM right after X-Ray recovers from an outage: retries backed off far past the drain's
+//!   deadline (and fresh batches gated by the failure streak) go at once, and all is delivered.
 //! - SIGTERM with an upload in flight past the deadline: exits on time; what the daemon counts as
 //!   dropped is not also counted as sent, and nothing is left "held" in the final counts.
 //! - SIGKILL: the process dies at once (no final line, nothing to flush). The property: what the
@@ -124,6 +126,60 @@ fn sigterm_during_outage_reports_what_it_dropped() {
     println!(
         "shutdown during outage: exited {:.1}s after SIGTERM; {warning}",
         took.as_secs_f64()
+    );
+}
+
+#[test]
+fn sigterm_after_recovery_delivers_retries_backed_off_past_the_deadline() {
+    let fake = FakeXray::start();
+    fake.set_default(Behaviour::service_unavailable());
+    // The first retry waits 20-40 s and three failures gate fresh batches as long: all far past
+    // the 5 s drain.
+    let mut d = Daemon::for_fake(
+        &fake,
+        &[
+            "-l",
+            "info",
+            "--retry-base-delay",
+            "40s",
+            "--retry-max-delay",
+            "60s",
+            "--shutdown-timeout",
+            "5s",
+        ],
+        &[],
+    );
+    let addr = d.udp_addr();
+    let first = docs(0..200, 300);
+    send_segments_paced(addr, &first, Pace::GENTLE);
+    assert!(fake.wait_for_answered(4, secs(30)), "{}", fake.summary());
+    d.wait_for_line("retry 1 in", secs(10))
+        .unwrap_or_else(|| panic!("no retry line:\n{}", d.log()));
+    // More arrive behind the gate, then X-Ray recovers.
+    let second = docs(200..300, 300);
+    send_segments_paced(addr, &second, Pace::GENTLE);
+    fake.set_default(Behaviour::Ok);
+    let took = term(&mut d, secs(10));
+    let counts = d.final_counts();
+    assert_counts_add_up(&counts);
+    assert_eq!(counts["received"], 300, "{counts:?}");
+    assert_eq!(counts["dropped_at_shutdown"], 0, "{counts:?}");
+    assert_eq!(counts["sent"], 300, "{counts:?}");
+    let got = fake.delivered_documents();
+    let n = count_each(&got);
+    assert!(
+        first
+            .iter()
+            .chain(&second)
+            .all(|w| n.get(w.as_str()) == Some(&1)),
+        "delivered {} of 300: {}",
+        got.len(),
+        fake.summary()
+    );
+    println!(
+        "SIGTERM after recovery: 300 delivered in {:.1}s of drain ({} retries)",
+        took.as_secs_f64(),
+        counts["retries"]
     );
 }
 

@@ -5,12 +5,16 @@
 //! an outage is not hammered. Everything here is still charged to the budget; when ingest needs room
 //! it takes the oldest segments from here first ([`EvictOldest`]).
 //!
+//! At shutdown [`Backlog::hurry`] makes every waiting retry due and opens the gate: the drain has
+//! a deadline, and a retry backed off past it would be dropped although X-Ray may well answer now.
+//!
 //! A new batch wakes the uploader that went idle last. Below full load most batches are then
 //! uploaded by the same one or two threads, whose request buffers and stacks are still in the CPU
 //! cache; a first-in-first-out wake-up would rotate every batch through all the uploaders and find
 //! each one's memory cold.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -65,6 +69,8 @@ fn unlock_and_wake(inner: MutexGuard<'_, Inner>, threads: impl IntoIterator<Item
 /// The shared backlog.
 pub struct Backlog {
     inner: Mutex<Inner>,
+    /// Shutting down: nothing waits for a backoff or the gate any more.
+    hurrying: AtomicBool,
 }
 
 impl Default for Backlog {
@@ -78,6 +84,7 @@ impl Backlog {
     pub fn new() -> Self {
         Backlog {
             inner: Mutex::new(Inner::default()),
+            hurrying: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +102,26 @@ impl Backlog {
         inner.closed = true;
         let waiters = inner.wake_all();
         unlock_and_wake(inner, waiters);
+    }
+
+    /// Shutdown: every retry becomes due now and fresh batches are no longer gated, so that the
+    /// drain delivers whatever X-Ray accepts before the deadline. Failures after this wait only the
+    /// first step of the backoff (see [`Backlog::hurrying`]).
+    pub fn hurry(&self) {
+        let mut inner = self.inner.lock();
+        self.hurrying.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        for p in &mut inner.retry {
+            p.not_before = p.not_before.min(now);
+        }
+        inner.gate_until = None;
+        let waiters = inner.wake_all();
+        unlock_and_wake(inner, waiters);
+    }
+
+    /// True once [`Backlog::hurry`] was called.
+    pub fn hurrying(&self) -> bool {
+        self.hurrying.load(Ordering::Relaxed)
     }
 
     /// Waits for the next batch to upload. `None` once closed and fully drained.
@@ -168,7 +195,7 @@ impl Backlog {
         let mut inner = self.inner.lock();
         inner.in_flight -= 1;
         inner.failure_streak += 1;
-        if inner.failure_streak >= GATE_AFTER_FAILURES {
+        if inner.failure_streak >= GATE_AFTER_FAILURES && !self.hurrying() {
             inner.gate_until = Some(gate_until);
         }
         // Keep the retry list ordered by age of data: the oldest batch first.
@@ -468,6 +495,26 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, vec![10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn hurry_makes_retries_due_and_opens_the_gate() {
+        let bl = Arc::new(Backlog::new());
+        fail_until_gated(&bl, an_hour());
+        bl.push_fresh(batch(&[9]));
+        let rx = waiters(&bl, 1);
+        assert!(rx.try_recv().is_err(), "everything waits an hour");
+        bl.hurry();
+        assert!(bl.hurrying());
+        let mut got = vec![rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap()[0]];
+        got.extend((0..3).map(|_| bl.take().unwrap().batch.segments[0].bytes()[0]));
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 9]);
+        // A failure while hurrying does not shut the gate again.
+        bl.push_fresh(batch(&[10]));
+        let p = bl.take().unwrap();
+        bl.retry_later(p, an_hour());
+        assert!(bl.inner.lock().gate_until.is_none());
     }
 
     #[test]

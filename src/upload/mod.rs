@@ -86,7 +86,12 @@ impl Uploader {
                 self.stats.retrying(class);
                 p.attempts += 1;
                 let now = Instant::now();
-                let delay = self.backoff.delay(p.attempts, jitter.draw());
+                // Shutting down: the drain's deadline is near, a long backoff would outlast it.
+                let delay = if self.backlog.hurrying() {
+                    self.backoff.delay(1, jitter.draw()).min(DRAIN_RETRY_DELAY)
+                } else {
+                    self.backoff.delay(p.attempts, jitter.draw())
+                };
                 let gate = self
                     .backoff
                     .delay(self.backlog.failure_streak() + 1, jitter.draw());
@@ -119,6 +124,10 @@ fn suffix(suppressed: u64) -> String {
         format!(" ({suppressed} similar failures not logged)")
     }
 }
+
+/// Longest wait before retrying a batch once shutdown has begun: the drain has a deadline, and a
+/// short pause still keeps a failing X-Ray from being hammered by every uploader at once.
+pub const DRAIN_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Default interval between repeated failure lines.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
