@@ -46,6 +46,19 @@ impl Batch {
         self.segments.is_empty()
     }
 
+    /// Splits the batch at `at`: `self` keeps the first `at` documents, the rest are returned as
+    /// a batch opened at the same time.
+    pub fn split_off(&mut self, at: usize) -> Batch {
+        let segments = self.segments.split_off(at.min(self.segments.len()));
+        let cost = segments.iter().map(Segment::cost).sum();
+        self.cost -= cost;
+        Batch {
+            segments,
+            cost,
+            opened: self.opened,
+        }
+    }
+
     /// Removes and returns the oldest document (used when the budget must shrink).
     pub fn pop_oldest(&mut self) -> Option<Segment> {
         if self.segments.is_empty() {
@@ -206,6 +219,24 @@ mod tests {
         assert_eq!(batch.pop_oldest(), Some(seg(22)));
         assert_eq!(batch.segments, vec![seg(333)]);
         assert_eq!(batch.cost, seg(333).cost());
+    }
+
+    #[test]
+    fn split_off_keeps_order_cost_and_age() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(3, FLUSH_INTERVAL);
+        b.push(seg(1), t0);
+        b.push(seg(22), t0);
+        let mut head = b.push(seg(333), t0).unwrap();
+        let tail = head.split_off(1);
+        assert_eq!(head.segments, vec![seg(1)]);
+        assert_eq!(head.cost, seg(1).cost());
+        assert_eq!(tail.segments, vec![seg(22), seg(333)]);
+        assert_eq!(tail.cost, seg(22).cost() + seg(333).cost());
+        assert_eq!(tail.opened, head.opened);
+        let mut h = head;
+        assert!(h.split_off(5).is_empty());
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! drains it. Every held segment is charged to [`Stats::bytes_held`] from the moment it is queued
 //! until it is delivered or dropped, so the budget covers what is queued, batched, in flight and
 //! awaiting retry. A push that would exceed the budget first drops the **oldest** held segments
-//! (batches awaiting upload or retry, then the ring's head), counted as spillover.
+//! (batches awaiting upload or retry, then the ring's head), counted as spillover. Large request
+//! bodies being sent ([`Stats::body_bytes`]) count against the budget too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -155,7 +156,9 @@ impl QueueWriter {
     pub fn push(&self, segment: Segment) -> Admission {
         let cost = segment.cost();
         let mut evicted = 0;
-        while self.stats.bytes_held.load(Relaxed) + cost > self.budget {
+        while self.stats.bytes_held.load(Relaxed) + self.stats.body_bytes.load(Relaxed) + cost
+            > self.budget
+        {
             match self
                 .older
                 .evict_oldest()
@@ -256,6 +259,19 @@ mod tests {
         assert_eq!((s.segments_held, s.bytes_held), (4, 4 * cost));
         let got: Vec<u8> = r.rx.try_iter().map(|s| s.bytes()[0]).collect();
         assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn request_bodies_in_flight_count_against_the_budget() {
+        let stats = Arc::new(Stats::default());
+        let older = Arc::new(Older::default());
+        let cost = 100 + SEGMENT_OVERHEAD;
+        let (w, _r) = bounded(16, 3 * cost, stats.clone(), older.clone());
+        older.0.lock().extend([seg(100, 0), seg(100, 1)]);
+        stats.hold(2, 2 * cost);
+        stats.body_bytes.store(cost, Relaxed);
+        assert_eq!(w.push(seg(100, 2)), Admission::Queued { evicted: 1 });
+        assert_eq!(stats.snapshot().spillover, 1);
     }
 
     #[test]

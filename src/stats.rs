@@ -81,6 +81,9 @@ pub struct Stats {
     pub bytes_held: AtomicU64,
     /// Segments currently held.
     pub segments_held: AtomicU64,
+    /// Bytes of large request bodies being encoded or sent, charged to the budget beside
+    /// [`Stats::bytes_held`] (see [`crate::upload::BodyAllowance`]).
+    pub body_bytes: AtomicU64,
     /// True once the daemon gave up on what it still held at the shutdown deadline. Outcomes are
     /// recorded under this lock, so a late answer is never counted on top of the drop.
     settled: Mutex<bool>,

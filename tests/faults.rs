@@ -489,3 +489,165 @@ fn outage_then_recovery() {
     );
     print_row(&case, &counts, fake.delivered_count());
 }
+
+/// A `size`-byte document whose padding is all `"` and `\`: escaping doubles it on the wire.
+fn escape_heavy_segment(i: u64, size: usize) -> String {
+    let plain = make_segment(i, size);
+    let start = plain.find(r#""pad":""#).expect("pad") + r#""pad":""#.len();
+    let end = start + plain[start..].find('"').expect("pad end");
+    let mut pad = r#"\"\\"#.repeat((end - start) / 4);
+    pad.push_str(&"x".repeat((end - start) % 4));
+    let doc = format!("{}{pad}{}", &plain[..start], &plain[end..]);
+    debug_assert_eq!(doc.len(), size);
+    doc
+}
+
+/// `VmHWM` (peak), `VmRSS` (current) and `RssFile` (mapped files: the binary's code) of a
+/// process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
+}
+
+/// A gauge or counter of the daemon's `/metrics` (read on its TCP port).
+fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
+    let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
+    s.set_read_timeout(Some(secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: xrayd\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// 60 KB segments (escape-heavy or plain) through an outage (503s, then recovery) or a slow X-Ray
+/// (2 s per call) with a budget of `budget_mib`: the daemon's peak RSS and its RSS once all is
+/// delivered stay within the budget plus 16 MiB.
+fn memory_case(budget_mib: u64, escaped: bool, slow: bool) {
+    const SIZE: usize = 60_000;
+    let case = format!(
+        "-m {budget_mib}, 60 KB {} segments, {}",
+        if escaped { "escape-heavy" } else { "plain" },
+        if slow {
+            "X-Ray answering after 2 s"
+        } else {
+            "503 outage then recovery"
+        }
+    );
+    let fake = FakeXray::start();
+    fake.set_default(if slow {
+        Behaviour::delay(secs(2), Behaviour::Ok)
+    } else {
+        Behaviour::service_unavailable()
+    });
+    let budget = budget_mib.to_string();
+    let mut d = spawn_against(&fake, &["-m", &budget]);
+    let addr = d.udp_addr();
+    let line = d
+        .wait_for_line("Starting proxy http server on ", secs(10))
+        .unwrap_or_else(|| panic!("{}", d.log()));
+    let tcp: SocketAddr = line
+        .rsplit("server on ")
+        .next()
+        .and_then(|a| a.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no proxy address in {line:?}"));
+    // A quarter more than the budget holds, at least two full batches.
+    let n = (budget_mib * 1024 * 1024 * 5 / 4 / SIZE as u64).max(100);
+    let want: Vec<String> = (0..n)
+        .map(|i| {
+            if escaped {
+                escape_heavy_segment(i, SIZE)
+            } else {
+                make_segment(i, SIZE)
+            }
+        })
+        .collect();
+    // Slow enough for a debug build to take every datagram.
+    let pace = Pace {
+        burst: 2,
+        pause: millis(5),
+    };
+    send_segments_paced(addr, &want, pace);
+    if !slow {
+        assert!(fake.wait_for_requests(1, DELIVERY), "{}", fake.summary());
+        fake.set_default(Behaviour::Ok);
+    }
+    poll_until(
+        secs(180),
+        || format!("{case}: still buffered; fake: {}", fake.summary()),
+        || (metric(tcp, "xrayd_buffered_segments") == Some(0)).then_some(()),
+    );
+    let (peak, after, code) = rss_kib(d.pid());
+    let counts = stop(&mut d);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    eprintln!(
+        "MEMORY | {case} | peak RSS {:.1} MiB | after delivery {:.1} MiB | of which files (code) {:.1} MiB | received={} sent={} spillover={} |",
+        mib(peak),
+        mib(after),
+        mib(code),
+        c(&counts, "received"),
+        c(&counts, "sent"),
+        c(&counts, "spillover")
+    );
+    // The budget plus 16 MiB, of which the code of a release binary takes about 4 MiB: a debug
+    // binary's code (about 10 MiB) is not held against the daemon.
+    let limit = (budget_mib + 16) * 1024 + code.saturating_sub(4 * 1024);
+    assert!(
+        peak <= limit && after <= limit,
+        "{case}: peak {peak} KiB, after {after} KiB, limit {limit} KiB (mapped files {code} KiB)"
+    );
+    assert!(c(&counts, "sent") > 0, "{counts:?}");
+}
+
+#[test]
+fn memory_m3_escaped_outage() {
+    memory_case(3, true, false);
+}
+
+#[test]
+fn memory_m3_plain_slow() {
+    memory_case(3, false, true);
+}
+
+#[test]
+fn memory_m3_escaped_slow() {
+    memory_case(3, true, true);
+}
+
+#[test]
+fn memory_m16_escaped_outage() {
+    memory_case(16, true, false);
+}
+
+#[test]
+fn memory_m16_plain_outage() {
+    memory_case(16, false, false);
+}
+
+#[test]
+fn memory_m16_escaped_slow() {
+    memory_case(16, true, true);
+}
+
+#[test]
+fn memory_m64_plain_slow() {
+    memory_case(64, false, true);
+}
+
+#[test]
+fn memory_m64_escaped_slow() {
+    memory_case(64, true, true);
+}
+
+#[test]
+fn memory_m64_escaped_outage() {
+    memory_case(64, true, false);
+}

@@ -54,6 +54,16 @@ impl Inner {
         self.idle.pop()
     }
 
+    /// Adds to the retry list, which is kept ordered by age of data: the oldest batch first.
+    fn insert_retry(&mut self, pending: Pending) {
+        let pos = self
+            .retry
+            .iter()
+            .position(|p| p.batch.opened > pending.batch.opened)
+            .unwrap_or(self.retry.len());
+        self.retry.insert(pos, pending);
+    }
+
     /// Takes every idle uploader off the idle list, to be woken by [`unlock_and_wake`].
     fn wake_all(&mut self) -> Vec<Thread> {
         std::mem::take(&mut self.idle)
@@ -198,15 +208,24 @@ impl Backlog {
         if inner.failure_streak >= GATE_AFTER_FAILURES && !self.hurrying() {
             inner.gate_until = Some(gate_until);
         }
-        // Keep the retry list ordered by age of data: the oldest batch first.
-        let pos = inner
-            .retry
-            .iter()
-            .position(|p| p.batch.opened > pending.batch.opened)
-            .unwrap_or(inner.retry.len());
-        inner.retry.insert(pos, pending);
+        inner.insert_retry(pending);
         let waiters = inner.wake_all();
         unlock_and_wake(inner, waiters);
+    }
+
+    /// A part split off a batch still in flight goes back, due at once, before fresh work; the
+    /// batch in flight stays counted as one.
+    pub fn put_back(&self, pending: Pending) {
+        let mut inner = self.inner.lock();
+        inner.insert_retry(pending);
+        let waiter = inner.wake_one();
+        unlock_and_wake(inner, waiter);
+    }
+
+    /// True when no batch waits (fresh or for a retry).
+    pub fn is_empty(&self) -> bool {
+        let i = self.inner.lock();
+        i.fresh.is_empty() && i.retry.is_empty()
     }
 
     /// Current consecutive failures.
@@ -515,6 +534,26 @@ mod tests {
         let p = bl.take().unwrap();
         bl.retry_later(p, an_hour());
         assert!(bl.inner.lock().gate_until.is_none());
+    }
+
+    #[test]
+    fn a_part_put_back_goes_before_fresh_work() {
+        let bl = Backlog::new();
+        bl.push_fresh(batch(&[1, 2]));
+        bl.push_fresh(batch(&[3]));
+        let mut p = bl.take().unwrap();
+        let tail = p.batch.split_off(1);
+        bl.put_back(Pending {
+            batch: tail,
+            attempts: 2,
+            not_before: Instant::now(),
+        });
+        let next = bl.take().unwrap();
+        assert_eq!((tags(&next.batch), next.attempts), (vec![2], 2));
+        assert_eq!(bl.counts(), (1, 0, 2));
+        bl.finished(true);
+        bl.finished(true);
+        assert_eq!(tags(&bl.take().unwrap().batch), vec![3]);
     }
 
     #[test]

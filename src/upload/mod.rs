@@ -2,6 +2,14 @@
 //!
 //! Each thread owns one request buffer and loops: take a batch, deliver it, account for the result.
 //! Retryable failures go back to the backlog with a backoff; everything held stays within the budget.
+//!
+//! The request body is the batch once more, escaped (up to twice its size, more for control
+//! bytes): 50 segments of 60 KB would make a 3 to 6.5 MB body per uploader. So a batch whose body
+//! would exceed [`MAX_BODY`] goes in several requests; large bodies share a fixed
+//! [`BODY_ALLOWANCE`] (uploaders wait for room, one body always may go) and are charged to the
+//! budget while they exist; an uploader gives its buffer back after a large request; and large
+//! buffers come straight from the kernel and return to it (see [`tune_allocator`]). Batches of
+//! small segments never touch any of this.
 
 pub mod backlog;
 pub mod client;
@@ -10,8 +18,10 @@ pub mod encode;
 pub mod retry;
 pub mod sink;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Once};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use backlog::{Backlog, Pending};
@@ -34,18 +44,59 @@ pub struct Uploader {
 impl Uploader {
     /// Runs until the backlog is closed and drained.
     pub fn run(&self, salt: u64) {
-        let mut scratch = Vec::with_capacity(64 * 1024);
+        tune_allocator();
+        let mut scratch = Vec::with_capacity(SCRATCH_CAPACITY);
         let mut jitter = Jitter::new(salt);
+        let mut freed = 0;
         while let Some(pending) = self.backlog.take() {
+            freed += pending.batch.cost;
             self.attempt(pending, &mut scratch, &mut jitter);
+            // Once much has been freed and the work is done, give the memory back.
+            if freed > TRIM_AFTER_BYTES && self.backlog.is_empty() {
+                release_free_memory();
+                freed = 0;
+            }
+        }
+    }
+
+    /// Keeps the first documents of a large batch whose body fits in [`MAX_BODY`] (at least one)
+    /// and puts the rest back to go next, in one or more requests of their own.
+    fn send_rest_later(&self, p: &mut Pending) {
+        let mut cost = 0;
+        let keep = p
+            .batch
+            .segments
+            .iter()
+            .take_while(|s| {
+                cost += s.cost();
+                body_estimate(cost) <= MAX_BODY
+            })
+            .count()
+            .max(1);
+        if keep < p.batch.len() {
+            let rest = p.batch.split_off(keep);
+            self.backlog.put_back(Pending {
+                batch: rest,
+                attempts: p.attempts,
+                not_before: p.not_before,
+            });
         }
     }
 
     fn attempt(&self, mut p: Pending, scratch: &mut Vec<u8>, jitter: &mut Jitter) {
         let started = Instant::now();
+        if body_estimate(p.batch.cost) > MAX_BODY {
+            self.send_rest_later(&mut p);
+        }
         let n = p.batch.len() as u64;
         self.stats.upload_started();
+        let body = body_estimate(p.batch.cost);
+        let permit = (body > SMALL_BODY).then(|| BODIES.acquire(body, &self.stats));
         let delivery = self.sink.deliver(&p.batch, scratch);
+        if scratch.capacity() > SMALL_BODY as usize {
+            *scratch = Vec::with_capacity(SCRATCH_CAPACITY);
+        }
+        drop(permit);
         let delivered = matches!(delivery, Delivery::Delivered { .. });
         self.stats.upload_finished(started.elapsed(), delivered);
         let Some(_recording) = self.stats.record_outcome() else {
@@ -117,6 +168,118 @@ impl Uploader {
     }
 }
 
+/// Capacity of an uploader's request buffer: a batch of small segments never grows it.
+pub const SCRATCH_CAPACITY: usize = 64 * 1024;
+
+/// Bodies up to this size are encoded without asking the [`BODY_ALLOWANCE`]; a buffer grown past
+/// it is given back after the request.
+pub const SMALL_BODY: u64 = 256 * 1024;
+
+/// Largest body a batch is sent in: a larger batch goes in several requests.
+pub const MAX_BODY: u64 = 512 * 1024;
+
+/// Most bytes of large request bodies encoded or in flight at once, across all uploaders: four
+/// full-size requests.
+pub const BODY_ALLOWANCE_BYTES: u64 = 4 * MAX_BODY;
+
+/// The size of a batch's body, from its cost: escaping at most doubles the usual segment (quotes
+/// and backslashes; control bytes, six times, are rare), and the cost's per-segment overhead
+/// covers the JSON around each document.
+fn body_estimate(cost: u64) -> u64 {
+    2 * cost
+}
+
+/// The allowance every uploader of the process shares.
+pub static BODY_ALLOWANCE: BodyAllowance = BodyAllowance::new(BODY_ALLOWANCE_BYTES);
+use BODY_ALLOWANCE as BODIES;
+
+/// Bytes of request bodies that may exist at once: a counting semaphore in bytes.
+pub struct BodyAllowance {
+    limit: u64,
+    in_use: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl BodyAllowance {
+    /// An allowance of `limit` bytes.
+    pub const fn new(limit: u64) -> Self {
+        BodyAllowance {
+            limit,
+            in_use: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `bytes` fit beside the bodies in use, or none is in use (a body larger than
+    /// the whole allowance goes alone rather than never). The bytes count against the budget
+    /// ([`Stats::body_bytes`]) until the permit is dropped.
+    pub fn acquire<'a>(&'a self, bytes: u64, stats: &'a Stats) -> BodyPermit<'a> {
+        let mut in_use = self.in_use.lock();
+        while *in_use > 0 && *in_use + bytes > self.limit {
+            self.freed.wait(&mut in_use);
+        }
+        *in_use += bytes;
+        stats.body_bytes.fetch_add(bytes, Relaxed);
+        BodyPermit {
+            allowance: self,
+            stats,
+            bytes,
+        }
+    }
+
+    /// Bytes currently granted.
+    pub fn in_use(&self) -> u64 {
+        *self.in_use.lock()
+    }
+}
+
+/// Room for one body; given back when dropped.
+pub struct BodyPermit<'a> {
+    allowance: &'a BodyAllowance,
+    stats: &'a Stats,
+    bytes: u64,
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.stats.body_bytes.fetch_sub(self.bytes, Relaxed);
+        *self.allowance.in_use.lock() -= self.bytes;
+        self.allowance.freed.notify_all();
+    }
+}
+
+/// With the C library's allocator: allocations from 256 KiB up (request bodies) are mapped from
+/// the kernel and unmapped when freed. By default glibc raises that threshold to the largest
+/// block freed so far, after which multi-megabyte bodies come from per-thread arenas that keep
+/// the memory after the request: with eight uploaders, tens of megabytes above the budget that
+/// were never given back.
+pub fn tune_allocator() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets an allocator parameter; it is thread-safe and takes no
+        // pointers.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, SMALL_BODY as libc::c_int);
+        }
+    });
+}
+
+/// Bytes of segments an uploader frees before it returns free memory to the kernel, when it
+/// finds nothing left to do.
+pub const TRIM_AFTER_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Hands the allocator's free pages back to the kernel. Segments freed by uploaders return to the
+/// arena of the thread that received them, where the C library keeps them (it only trims the top
+/// of a heap): after an outage, RSS stayed at the size of the whole budget with nothing held.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn suffix(suppressed: u64) -> String {
     if suppressed == 0 {
         String::new()
@@ -131,3 +294,39 @@ pub const DRAIN_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Default interval between repeated failure lines.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn body_allowance_lets_bodies_in_while_they_fit_and_one_alone_always() {
+        let a = Arc::new(BodyAllowance::new(100));
+        let stats = Arc::new(Stats::default());
+        let first = a.acquire(60, &stats);
+        let second = a.acquire(40, &stats);
+        assert_eq!(a.in_use(), 100);
+        assert_eq!(stats.body_bytes.load(Relaxed), 100);
+        // A third must wait until room is given back.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (a2, s2) = (a.clone(), stats.clone());
+        let waiter = std::thread::spawn(move || {
+            let p = a2.acquire(50, &s2);
+            tx.send(()).unwrap();
+            drop(p);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(first);
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+        waiter.join().unwrap();
+        drop(second);
+        assert_eq!(a.in_use(), 0);
+        // Larger than the allowance: goes when nothing else is in use.
+        let huge = a.acquire(1000, &stats);
+        assert_eq!(a.in_use(), 1000);
+        drop(huge);
+        assert_eq!(a.in_use(), 0);
+        assert_eq!(stats.body_bytes.load(Relaxed), 0);
+    }
+}
