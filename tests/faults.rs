@@ -490,6 +490,38 @@ fn outage_then_recovery() {
     print_row(&case, &counts, fake.delivered_count());
 }
 
+#[test]
+fn one_unreadable_document_does_not_take_its_batch_with_it() {
+    let case = "400 for one document of 50";
+    let fake = FakeXray::start();
+    fake.set_poison("POISON");
+    let mut d = spawn_against(&fake, &[]);
+    let mut all = docs(0..50, 300);
+    all[25] = all[25].replace("xrayd-test-service", "xrayd-POISON-service");
+    let bad: serde_json::Value = serde_json::from_str(&all[25]).expect("JSON");
+    let healthy: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 25)
+        .map(|(_, d)| d.clone())
+        .collect();
+    send_segments_paced(d.udp_addr(), &all, Pace::GENTLE);
+    wait_delivered(&fake, 49, case);
+    let line = format!(
+        "Dropping segment: trace id {}, segment id {}",
+        bad["trace_id"].as_str().unwrap(),
+        bad["id"].as_str().unwrap()
+    );
+    d.wait_for_line(&line, secs(10))
+        .unwrap_or_else(|| panic!("no line {line:?}:\n{}", d.log()));
+    let counts = stop(&mut d);
+    assert_exactly_once(&fake, &healthy, case);
+    assert_eq!(c(&counts, "sent"), 49, "{counts:?}");
+    assert_eq!(c(&counts, "rejected_by_xray"), 1, "{counts:?}");
+    assert_eq!(d.count_lines("Dropping segment:"), 1, "{}", d.log());
+    print_row(case, &counts, fake.delivered_count());
+}
+
 /// A `size`-byte document whose padding is all `"` and `\`: escaping doubles it on the wire.
 fn escape_heavy_segment(i: u64, size: usize) -> String {
     let plain = make_segment(i, size);

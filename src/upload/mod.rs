@@ -2,6 +2,8 @@
 //!
 //! Each thread owns one request buffer and loops: take a batch, deliver it, account for the result.
 //! Retryable failures go back to the backlog with a backoff; everything held stays within the budget.
+//! A batch refused as malformed is sent again in halves until the documents X-Ray cannot read are
+//! alone; only those are dropped, each logged by trace and segment id.
 //!
 //! The request body is the batch once more, escaped (up to twice its size, more for control
 //! bytes): 50 segments of 60 KB would make a 3 to 6.5 MB body per uploader. So a batch whose body
@@ -156,6 +158,33 @@ impl Uploader {
                 }
                 p.not_before = now + delay;
                 self.backlog.retry_later(p, now + gate);
+            }
+            Delivery::Malformed { class, detail } if n > 1 => {
+                // Halves go again at once, until the documents X-Ray cannot read are alone.
+                self.stats.add_backend_error(class);
+                let half = p.batch.split_off(p.batch.len() / 2);
+                crate::warn!(
+                    "X-Ray refused a batch of {n} segments ({detail}); sending it again in halves to find the document at fault"
+                );
+                self.backlog.put_back(Pending {
+                    batch: half,
+                    attempts: p.attempts,
+                    not_before: p.not_before,
+                });
+                self.backlog.put_back(p);
+                self.backlog.finished(false);
+            }
+            Delivery::Malformed { class, detail } => {
+                self.stats.add_backend_error(class);
+                self.stats.rejected_by_xray.fetch_add(n, Relaxed);
+                for s in &p.batch.segments {
+                    let (trace_id, id) = encode::segment_ids(s.bytes());
+                    crate::error!(
+                        "Dropping segment: trace id {trace_id}, segment id {id}: X-Ray refused it ({detail})"
+                    );
+                }
+                self.stats.release(n, p.batch.cost);
+                self.backlog.finished(false);
             }
             Delivery::Rejected { class, detail } => {
                 self.stats.add_backend_error(class);

@@ -19,6 +19,10 @@ pub enum Delivery {
     Retry { class: BackendError, detail: String },
     /// Refused for good (4xx other than 429).
     Rejected { class: BackendError, detail: String },
+    /// Refused as malformed (400 InvalidRequestException, SerializationException,
+    /// ValidationException): X-Ray refuses the whole request for one document it cannot read,
+    /// so the batch is split to find that document rather than dropped whole.
+    Malformed { class: BackendError, detail: String },
 }
 
 /// A destination for batches. `scratch` is a reusable buffer for the request body.
@@ -69,6 +73,8 @@ pub fn judge(status: u16, error_header: Option<&str>, body: &[u8]) -> Delivery {
     let detail = format!("HTTP {status} {kind}");
     if status_is_retryable(status) || credentials_may_recover(&kind) {
         Delivery::Retry { class, detail }
+    } else if status == 400 && document_may_be_at_fault(&kind) {
+        Delivery::Malformed { class, detail }
     } else {
         Delivery::Rejected { class, detail }
     }
@@ -84,6 +90,14 @@ fn credentials_may_recover(error_type: &str) -> bool {
             | "RequestExpired"
             | "RequestTimeTooSkewed"
             | "InvalidClientTokenId"
+    )
+}
+
+/// Errors that one unreadable document in a batch causes for the whole request.
+fn document_may_be_at_fault(error_type: &str) -> bool {
+    matches!(
+        error_type,
+        "InvalidRequestException" | "SerializationException" | "ValidationException"
     )
 }
 
@@ -169,11 +183,19 @@ mod tests {
         ));
         assert_eq!(
             judge(400, None, br#"{"__type":"InvalidRequestException"}"#),
-            Delivery::Rejected {
+            Delivery::Malformed {
                 class: BackendError::Http4xx,
                 detail: "HTTP 400 InvalidRequestException".into()
             }
         );
+        assert!(matches!(
+            judge(400, Some("SerializationException"), b""),
+            Delivery::Malformed { .. }
+        ));
+        assert!(matches!(
+            judge(403, Some("AccessDeniedException"), b""),
+            Delivery::Rejected { .. }
+        ));
     }
 
     #[derive(Clone, Default)]

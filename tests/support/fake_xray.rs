@@ -159,6 +159,8 @@ struct State {
     random: Option<(RandomFaults, u64)>,
     bad_signatures: usize,
     connections: usize,
+    /// Requests with a document containing this text are refused whole (400).
+    poison: Option<String>,
 }
 
 struct Shared {
@@ -209,6 +211,7 @@ impl FakeXray {
                 random: None,
                 bad_signatures: 0,
                 connections: 0,
+                poison: None,
             }),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -255,6 +258,12 @@ impl FakeXray {
     /// Behaviour once the script is exhausted.
     pub fn set_default(&self, b: Behaviour) {
         self.shared.lock().default = b;
+    }
+
+    /// Answer 400 SerializationException to every request with a document containing `marker`,
+    /// as X-Ray refuses a whole request for one document it cannot read (before the script).
+    pub fn set_poison(&self, marker: &str) {
+        self.shared.lock().poison = Some(marker.to_string());
     }
 
     /// Random faults instead of the default behaviour (None to turn off).
@@ -802,6 +811,15 @@ fn choose_behaviour(shared: &Shared, st: &mut State, rec: &RecordedRequest) -> B
             || rec.documents.iter().any(|d| d.len() > MAX_DOC_BYTES))
     {
         return Behaviour::bad_request();
+    }
+    if let Some(p) = &st.poison
+        && rec.documents.iter().any(|d| d.contains(p.as_str()))
+    {
+        return Behaviour::Status(
+            400,
+            r#"{"__type":"SerializationException","message":"Cannot read a document (fake)"}"#
+                .into(),
+        );
     }
     if let Some(b) = st.script.pop_front() {
         return b;
