@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
 use support::{
-    Behaviour, FakeXray, assert_conserved, document_id, make_segment, millis, poll_until, secs,
-    segment_index,
+    Behaviour, FakeConfig, FakeXray, assert_conserved, document_id, make_segment, millis,
+    poll_until, secs, segment_index,
 };
 
 /// Safety limit for deliveries (debug builds on a loaded machine).
@@ -519,6 +519,37 @@ fn one_unreadable_document_does_not_take_its_batch_with_it() {
     assert_eq!(c(&counts, "sent"), 49, "{counts:?}");
     assert_eq!(c(&counts, "rejected_by_xray"), 1, "{counts:?}");
     assert_eq!(d.count_lines("Dropping segment:"), 1, "{}", d.log());
+    print_row(case, &counts, fake.delivered_count());
+}
+
+#[test]
+fn clock_skew_is_corrected_from_the_date_header() {
+    let case = "X-Ray's clock 20 min ahead (403 Signature expired)";
+    let fake = FakeXray::start_with(FakeConfig {
+        clock_ahead: secs(20 * 60),
+        ..FakeConfig::default()
+    });
+    let mut d = spawn_against(&fake, &[]);
+    let want = docs(0..100, 300);
+    send_segments_paced(d.udp_addr(), &want, Pace::GENTLE);
+    wait_delivered(&fake, want.len(), case);
+    let counts = stop(&mut d);
+    assert_exactly_once(&fake, &want, case);
+    assert_eq!(c(&counts, "sent"), 100, "{counts:?}");
+    let refused = fake
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(403))
+        .count();
+    assert!(refused >= 1, "the fake never refused: {}", fake.summary());
+    let line = d
+        .wait_for_line("seconds ahead of ours", secs(1))
+        .unwrap_or_else(|| panic!("no clock line:\n{}", d.log()));
+    assert!(
+        line.contains("1200 seconds") || line.contains("1199 seconds"),
+        "{line}"
+    );
+    assert_eq!(d.count_lines("seconds ahead of ours"), 1, "{}", d.log());
     print_row(case, &counts, fake.delivered_count());
 }
 

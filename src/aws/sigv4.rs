@@ -1,7 +1,8 @@
 //! SigV4 signing of outbound requests with aws-sigv4, synchronously.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
@@ -27,6 +28,34 @@ impl fmt::Display for SignError {
 }
 
 impl std::error::Error for SignError {}
+
+/// How far AWS's clock is ahead of ours (negative: behind), in milliseconds, as learnt from the
+/// `Date` of an answer refusing a request as signed at the wrong time. Shared by every signer.
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// The time to sign with: our clock, corrected by what AWS told us of its own.
+pub fn signing_time() -> SystemTime {
+    shift(SystemTime::now(), CLOCK_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+fn shift(t: SystemTime, ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 { t + d } else { t - d }
+}
+
+/// Learns AWS's clock from the `Date` header (`Thu, 03 Dec 2026 20:19:45 GMT`) of an answer that
+/// refused a request as too old or too new, as the AWS SDKs do. Returns the offset in seconds and
+/// whether it moved by more than a second (news worth a log line); `None` when the header cannot
+/// be read.
+pub fn correct_clock(date_header: &str, now: SystemTime) -> Option<(i64, bool)> {
+    let server = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(date_header.trim())
+        .ok()?;
+    let ours = jiff::Timestamp::try_from(now).ok()?;
+    let offset = server.as_millisecond() - ours.as_millisecond();
+    let before = CLOCK_OFFSET_MS.swap(offset, Ordering::Relaxed);
+    Some((offset / 1000, (offset - before).abs() > 1000))
+}
 
 /// Signs a request and returns the headers to add (`authorization`, `x-amz-date`, and
 /// `x-amz-security-token` for temporary credentials). `headers` must be every header that will be
@@ -70,7 +99,36 @@ pub fn sign_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn learns_the_clock_offset_from_a_date_header() {
+        // 2026-12-03T20:19:45Z is 1796329185.
+        let ours = UNIX_EPOCH + Duration::from_secs(1_796_329_185 - 1200);
+        assert_eq!(
+            correct_clock("Thu, 03 Dec 2026 20:19:45 GMT", ours),
+            Some((1200, true))
+        );
+        let signed = signing_time();
+        let ahead = signed.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(ahead > Duration::from_secs(1190), "{ahead:?}");
+        // The same offset again is no news; garbage changes nothing.
+        assert_eq!(
+            correct_clock("Thu, 03 Dec 2026 20:19:45 GMT", ours),
+            Some((1200, false))
+        );
+        assert_eq!(correct_clock("yesterday", ours), None);
+        // Back in step.
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_329_185);
+        assert_eq!(
+            correct_clock("Thu, 03 Dec 2026 20:19:45 GMT", now),
+            Some((0, true))
+        );
+        let skew = signing_time()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(skew < Duration::from_secs(5), "{skew:?}");
+    }
 
     fn creds(token: Option<&str>) -> Credentials {
         Credentials::new(

@@ -10,7 +10,7 @@ use ureq::unversioned::transport::DefaultConnector;
 
 use super::dns::CachingResolver;
 use crate::aws::credentials::ProvideCredentials;
-use crate::aws::sigv4::{Scope, sign_headers};
+use crate::aws::sigv4::{Scope, correct_clock, sign_headers, signing_time};
 use crate::stats::BackendError;
 
 /// Client settings.
@@ -130,34 +130,48 @@ impl XrayClient {
         &self.endpoint
     }
 
-    /// Signs and POSTs `body` to `path` (e.g. `/TraceSegments`) and reads the whole answer.
+    /// Signs and POSTs `body` to `path` (e.g. `/TraceSegments`) and reads the whole answer. An
+    /// answer refusing the request as signed at the wrong time corrects the signing clock from
+    /// its `Date` header, and the request is signed and sent once more at once.
     pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, CallError> {
+        let (answer, date) = self.post_once(path, body)?;
+        let Some(date) = date.filter(|_| is_clock_skew(&answer)) else {
+            return Ok(answer);
+        };
+        let Some((offset, news)) = correct_clock(&date, SystemTime::now()) else {
+            return Ok(answer);
+        };
+        if news {
+            crate::warn!(
+                "X-Ray refused a request as signed at the wrong time: its clock is {} seconds {} ours; signing with the corrected time",
+                offset.abs(),
+                if offset >= 0 { "ahead of" } else { "behind" }
+            );
+        }
+        Ok(self.post_once(path, body)?.0)
+    }
+
+    /// One signed POST; the answer and its `Date` header.
+    fn post_once(&self, path: &str, body: &[u8]) -> Result<(Answer, Option<String>), CallError> {
         let creds = self.credentials.credentials().map_err(|e| CallError {
             class: BackendError::Other,
             detail: e.to_string(),
             retryable: true,
         })?;
         let url = format!("{}{}", self.endpoint, path);
-        let timestamp = xray_timestamp(SystemTime::now());
+        let now = signing_time();
+        let timestamp = xray_timestamp(now);
         let signed_input = [
             ("host", self.host.as_str()),
             ("content-type", "application/json"),
             ("x-amzn-xray-timestamp", timestamp.as_str()),
         ];
-        let auth = sign_headers(
-            "POST",
-            &url,
-            &signed_input,
-            body,
-            &creds,
-            &self.scope,
-            SystemTime::now(),
-        )
-        .map_err(|e| CallError {
-            class: BackendError::Other,
-            detail: e.to_string(),
-            retryable: false,
-        })?;
+        let auth = sign_headers("POST", &url, &signed_input, body, &creds, &self.scope, now)
+            .map_err(|e| CallError {
+                class: BackendError::Other,
+                detail: e.to_string(),
+                retryable: false,
+            })?;
         let mut req = self
             .agent
             .post(&url)
@@ -169,28 +183,47 @@ impl XrayClient {
         }
         let mut resp = req.send(body).map_err(classify)?;
         let status = resp.status().as_u16();
-        let error_type = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let error_type = header("x-amzn-errortype");
+        let content_type = header("content-type");
+        let date = header("date");
         let body = resp
             .body_mut()
             .with_config()
             .limit(MAX_ANSWER_BYTES)
             .read_to_vec()
             .map_err(classify)?;
-        Ok(Answer {
-            status,
-            error_type,
-            content_type,
-            body,
-        })
+        Ok((
+            Answer {
+                status,
+                error_type,
+                content_type,
+                body,
+            },
+            date,
+        ))
+    }
+}
+
+/// Does this answer refuse the request as signed too far from AWS's time?
+/// (`RequestTimeTooSkewed`, `RequestExpired`, or `InvalidSignatureException: Signature expired`.)
+pub fn is_clock_skew(answer: &Answer) -> bool {
+    if !matches!(answer.status, 400 | 401 | 403) {
+        return false;
+    }
+    let kind = super::encode::error_type(answer.error_type.as_deref(), &answer.body);
+    match kind.as_deref() {
+        Some("RequestTimeTooSkewed" | "RequestExpired") => true,
+        Some("InvalidSignatureException") => answer
+            .body
+            .windows(b"Signature expired".len())
+            .any(|w| w == b"Signature expired"),
+        _ => false,
     }
 }
 
@@ -264,6 +297,29 @@ mod tests {
         assert_eq!(authority("http://[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(authority("nope"), None);
         assert_eq!(authority("http:///path"), None);
+    }
+
+    #[test]
+    fn recognises_clock_skew_answers() {
+        let answer = |status, kind: &str, body: &str| Answer {
+            status,
+            error_type: Some(kind.to_string()).filter(|k| !k.is_empty()),
+            content_type: None,
+            body: body.as_bytes().to_vec(),
+        };
+        assert!(is_clock_skew(&answer(403, "RequestTimeTooSkewed", "")));
+        assert!(is_clock_skew(&answer(400, "RequestExpired", "")));
+        assert!(is_clock_skew(&answer(
+            403,
+            "",
+            r#"{"__type":"InvalidSignatureException","message":"Signature expired: 20261203T200000Z is now earlier than 20261203T201500Z"}"#
+        )));
+        assert!(!is_clock_skew(&answer(
+            403,
+            "InvalidSignatureException",
+            r#"{"message":"The request signature we calculated does not match"}"#
+        )));
+        assert!(!is_clock_skew(&answer(503, "RequestTimeTooSkewed", "")));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Access key id the tests give the daemon.
 pub const TEST_ACCESS_KEY: &str = "AKIDTEST";
@@ -134,6 +134,10 @@ pub struct FakeConfig {
     pub enforce_limits: bool,
     /// Behaviour once the script is exhausted (and no random faults are set).
     pub default: Behaviour,
+    /// How far the fake's clock is ahead of the machine's. When set, the fake answers like X-Ray
+    /// to requests signed more than 5 minutes off its time: 403 InvalidSignatureException
+    /// "Signature expired", with its time in the `Date` header (every answer carries one).
+    pub clock_ahead: Duration,
 }
 
 impl Default for FakeConfig {
@@ -144,6 +148,7 @@ impl Default for FakeConfig {
             reject_bad_signatures: true,
             enforce_limits: true,
             default: Behaviour::Ok,
+            clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -174,6 +179,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// The fake's clock.
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + self.config.clock_ahead
+    }
+
+    /// With a clock of its own: the `x-amz-date` the request was signed with, when it is more
+    /// than 5 minutes off the fake's time.
+    fn signed_too_far_off(&self, rec: &RecordedRequest) -> Option<String> {
+        if self.config.clock_ahead.is_zero() {
+            return None;
+        }
+        let amz = rec.header("x-amz-date")?;
+        let signed = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", amz)
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        let now = jiff::Timestamp::try_from(self.now()).ok()?;
+        let off = (now.as_second() - signed.as_second()).abs();
+        (off > 300).then(|| amz.to_string())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -199,6 +226,10 @@ impl FakeXray {
             Verifier::new(&config.region, "xray").with_max_skew(Duration::from_secs(15 * 60));
         for (k, s) in &config.credentials {
             verifier = verifier.with_key(k, s);
+        }
+        if !config.clock_ahead.is_zero() {
+            // Checked against the fake's own clock instead (see `signed_too_far_off`).
+            verifier.max_skew = None;
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -626,14 +657,23 @@ fn reason(code: u16) -> &'static str {
 
 fn write_response(
     w: &mut impl Write,
+    now: SystemTime,
     code: u16,
     content_type: &str,
     body: &str,
     request_id: &str,
     close: bool,
 ) -> std::io::Result<()> {
+    let date = jiff::Timestamp::try_from(now)
+        .ok()
+        .and_then(|t| {
+            jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&t)
+                .ok()
+        })
+        .unwrap_or_default();
     let mut head = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: {request_id}\r\n",
+        "HTTP/1.1 {code} {}\r\nDate: {date}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: {request_id}\r\n",
         reason(code),
         body.len()
     );
@@ -756,7 +796,16 @@ fn handle_simple(
         list.push(rec);
         shared.cond.notify_all();
     }
-    write_response(w, code, "application/json", body, "fake-simple", close).is_ok()
+    write_response(
+        w,
+        shared.now(),
+        code,
+        "application/json",
+        body,
+        "fake-simple",
+        close,
+    )
+    .is_ok()
 }
 
 fn parse_documents(body: &[u8]) -> Result<Vec<String>, String> {
@@ -795,6 +844,14 @@ fn choose_behaviour(shared: &Shared, st: &mut State, rec: &RecordedRequest) -> B
         return Behaviour::Status(
             403,
             r#"{"__type":"InvalidSignatureException","message":"The request signature we calculated does not match the signature you provided (fake)"}"#.into(),
+        );
+    }
+    if let Some(amz) = shared.signed_too_far_off(rec) {
+        return Behaviour::Status(
+            403,
+            format!(
+                r#"{{"__type":"InvalidSignatureException","message":"Signature expired: {amz} is now earlier than the fake's time minus 5 min."}}"#
+            ),
         );
     }
     if let Some(e) = &rec.json_error {
@@ -940,7 +997,16 @@ fn handle_segments(
                 .extend(documents[unprocessed..].iter().map(|d| (seq, d.clone())));
         }
     }
-    let ok = write_response(w, code, content_type, &body, &request_id, close).is_ok();
+    let ok = write_response(
+        w,
+        shared.now(),
+        code,
+        content_type,
+        &body,
+        &request_id,
+        close,
+    )
+    .is_ok();
     let mut st = shared.lock();
     if !ok {
         st.segments[seq].status = None;
