@@ -329,7 +329,12 @@ fn throttling_5xx_and_broken_connections_are_retried_until_everything_arrives_on
 #[test]
 fn client_errors_are_not_retried_and_counted_as_rejected_by_xray() {
     let fake = FakeXray::start();
-    fake.set_script(vec![Behaviour::bad_request()]);
+    // A refusal that splitting the batch cannot cure (a 400 for a malformed batch is split to
+    // find the document at fault: see tests/faults.rs).
+    fake.set_script(vec![Behaviour::Status(
+        403,
+        r#"{"__type":"AccessDeniedException","message":"not allowed (fake)"}"#.into(),
+    )]);
     let mut d = Daemon::for_fake(
         &fake,
         &["--retry-base-delay", "50ms", "--retry-max-delay", "200ms"],
