@@ -298,10 +298,24 @@ pub fn tune_allocator() {
 /// finds nothing left to do.
 pub const TRIM_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Hands the allocator's free pages back to the kernel. Segments freed by uploaders return to the
-/// arena of the thread that received them, where the C library keeps them (it only trims the top
-/// of a heap): after an outage, RSS stayed at the size of the whole budget with nothing held.
+/// Least time between two returns of free memory to the kernel: under steady load the backlog is
+/// often empty for a moment, and memory given back is soon faulted in again.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Hands the allocator's free pages back to the kernel, at most once per [`TRIM_INTERVAL`].
+/// Segments freed by uploaders return to the arena of the thread that received them, where the C
+/// library keeps them (it only trims the top of a heap): after an outage, RSS stayed at the size
+/// of the whole budget with nothing held.
 fn release_free_memory() {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let now = Instant::now();
+    {
+        let mut last = LAST.lock();
+        if last.is_some_and(|t| now.duration_since(t) < TRIM_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's arenas; it takes no pointers.
     unsafe {
