@@ -69,9 +69,16 @@ fn reader_thread(name: &str, src: impl Read + Send + 'static, lines: Lines) -> J
 }
 
 impl Daemon {
-    /// Path of the binary under test.
+    /// Path of the binary under test: the build's own, or `XRAYD_TEST_BIN` when set (to measure
+    /// a release or static binary with the same scenarios, e.g. the memory cases of `faults`).
     pub fn bin() -> &'static str {
-        env!("CARGO_BIN_EXE_xrayd")
+        static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        BIN.get_or_init(|| {
+            std::env::var("XRAYD_TEST_BIN")
+                .ok()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_xrayd").to_string())
+        })
     }
 
     /// Start xrayd with `args`, a clean environment (no host AWS settings: HOME,
