@@ -1,11 +1,19 @@
 //! Datagram validation: the pure heart of ingest.
 //!
 //! A datagram is a header line, `\n`, then one segment document. The header is parsed as JSON
-//! (`{"format":"json","version":1}`, any spelling and key order); the body must be a JSON object of at
-//! most [`MAX_DOCUMENT_BYTES`]. Valid bodies are returned as a borrowed slice of the input, so the bytes
+//! (`{"format":"json","version":1}`, any spelling and key order); the body must be JSON text (RFC
+//! 8259: UTF-8, any grammatically valid value inside) whose top-level value is an object, of at most
+//! [`MAX_DOCUMENT_BYTES`]. Valid bodies are returned as a borrowed slice of the input, so the bytes
 //! that reach X-Ray are exactly the bytes the application sent.
+//!
+//! simd-json decides first: it is fast, and every body it accepts as an object is valid JSON. A body
+//! it refuses goes to the [`grammar`](super::grammar) check, which decides alone: it accepts the
+//! valid JSON simd-json cannot decode (escaped lone surrogates, numbers beyond f64, nesting past
+//! 1,024 levels) and says why the rest is invalid ([`Validator::violation`]).
 
 use simd_json::{Node, StaticNode};
+
+use super::grammar::{self, Rule, Violation};
 
 /// X-Ray's limit for one segment document.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -17,7 +25,8 @@ pub enum Rejection {
     MissingHeaderOrSegment,
     /// The header is not JSON, or not `format` = json / `version` = 1.
     BadHeader,
-    /// The body is not a JSON object (syntax error, invalid UTF-8, or another JSON type).
+    /// The body is not a JSON object (syntax error, invalid UTF-8, or another JSON type); the rule
+    /// broken and where: [`Validator::violation`].
     BadJson,
     /// The body exceeds X-Ray's 64 KB limit, or the datagram was truncated by the receive buffer.
     TooLarge,
@@ -71,6 +80,8 @@ pub struct Validator {
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
     tape: simd_json::Tape<'static>,
+    /// Why the last body was rejected as [`Rejection::BadJson`].
+    violation: Option<Violation>,
 }
 
 impl Default for Validator {
@@ -86,11 +97,20 @@ impl Validator {
             scratch: Vec::with_capacity(MAX_DOCUMENT_BYTES + simd_json::INPUT_PADDING),
             buffers: simd_json::Buffers::new(MAX_DOCUMENT_BYTES),
             tape: simd_json::Tape::null(),
+            violation: None,
         }
+    }
+
+    /// Why the datagram of the last [`check`](Self::check) was rejected as [`Rejection::BadJson`]:
+    /// the grammar rule its body breaks and the byte offset in the body. `None` after any other
+    /// verdict.
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
     }
 
     /// Validates one datagram. `truncated` says the receive buffer was too small for it.
     pub fn check<'a>(&mut self, datagram: &'a [u8], truncated: bool) -> Verdict<'a> {
+        self.violation = None;
         if datagram.is_empty() {
             return Verdict::Empty;
         }
@@ -110,7 +130,8 @@ impl Validator {
         if body.len() > MAX_DOCUMENT_BYTES {
             return Verdict::Rejected(Rejection::TooLarge);
         }
-        if !self.is_json_object(body) {
+        if let Err(v) = self.json_object(body) {
+            self.violation = Some(v);
             return Verdict::Rejected(Rejection::BadJson);
         }
         Verdict::Accepted(body)
@@ -127,11 +148,21 @@ impl Validator {
         self.with_tape(header, header_fields_ok).unwrap_or(false)
     }
 
-    fn is_json_object(&mut self, body: &[u8]) -> bool {
-        self.with_tape(body, |tape| {
+    /// simd-json's verdict where it has one; the grammar's where simd-json refuses the body.
+    fn json_object(&mut self, body: &[u8]) -> Result<(), Violation> {
+        match self.with_tape(body, |tape| {
             matches!(tape.first(), Some(Node::Object { .. }))
-        })
-        .unwrap_or(false)
+        }) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Violation {
+                rule: Rule::NotAnObject,
+                offset: body
+                    .iter()
+                    .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                    .unwrap_or(0),
+            }),
+            None => grammar::check_object(body),
+        }
     }
 
     /// Parses `input` (copied into the padded scratch buffer) into a simd-json tape and applies `f`.
@@ -316,6 +347,86 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    /// Valid JSON that simd-json refuses: delivered as sent.
+    #[test]
+    fn valid_json_simd_json_refuses_is_accepted_byte_exact() {
+        let h = "{\"format\":\"json\",\"version\":1}\n";
+        let deep = |open: &str, close: &str, n: usize| {
+            format!("{{\"a\":{}0{}}}", open.repeat(n), close.repeat(n))
+        };
+        let near_limit = deep("[", "]", (MAX_DOCUMENT_BYTES - 7) / 2);
+        assert!(
+            near_limit.len() > MAX_DOCUMENT_BYTES - 4 && near_limit.len() <= MAX_DOCUMENT_BYTES
+        );
+        let bodies = [
+            // JS "🚀".slice(0, 1) through JSON.stringify: a lone high surrogate.
+            r#"{"name":"svc","annotations":{"s":"\ud83d"}}"#.to_string(),
+            r#"{"s":"\ud800"}"#.to_string(),
+            r#"{"s":"\udc00"}"#.to_string(),
+            r#"{"s":"\udc00\ud800"}"#.to_string(),
+            r#"{"n":1e400}"#.to_string(),
+            r#"{"n":-1e400}"#.to_string(),
+            r#"{"n":1E+400}"#.to_string(),
+            deep("[", "]", 5000),
+            deep("{\"k\":", "}", 5000),
+            near_limit,
+        ];
+        let mut v = Validator::new();
+        for body in &bodies {
+            let d = format!("{h}{body}");
+            assert_eq!(
+                v.check(d.as_bytes(), false),
+                Verdict::Accepted(body.as_bytes()),
+                "{:.80}",
+                body
+            );
+            assert_eq!(v.violation(), None);
+        }
+    }
+
+    #[test]
+    fn bad_json_says_which_rule_and_where() {
+        let h = b"{\"format\":\"json\",\"version\":1}\n";
+        let cases: &[(&[u8], Rule, usize)] = &[
+            (b"{\"a\":1,}", Rule::UnexpectedCharacter, 7),
+            (b"{\"a\":\"x", Rule::UnterminatedString, 5),
+            (b"{\"a\":\"\\q\"}", Rule::InvalidEscape, 6),
+            (b"{\"a\":\"\t\"}", Rule::ControlCharacterInString, 6),
+            (b"{\"a\":\"\xff\"}", Rule::InvalidUtf8, 6),
+            (b"{\"a\":01}", Rule::InvalidNumber, 6),
+            (b"{\"a\":1} x", Rule::TrailingContent, 8),
+            (b" [1]", Rule::NotAnObject, 1),
+            (b"\"s\"", Rule::NotAnObject, 0),
+            (b"{\"a\":", Rule::UnexpectedEnd, 5),
+            (b"{\"a\":nul}", Rule::InvalidLiteral, 8),
+        ];
+        let mut v = Validator::new();
+        for &(body, rule, offset) in cases {
+            let d = [&h[..], body].concat();
+            assert_eq!(
+                v.check(&d, false),
+                Verdict::Rejected(Rejection::BadJson),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                v.violation(),
+                Some(Violation { rule, offset }),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // 65,000 open brackets: rejected without exhausting any stack; other reasons carry no rule.
+        let d = [&h[..], b"{\"a\":", "[".repeat(65_000).as_bytes()].concat();
+        assert_eq!(v.check(&d, false), Verdict::Rejected(Rejection::BadJson));
+        assert_eq!(v.violation().map(|x| x.rule), Some(Rule::UnexpectedEnd));
+        assert_eq!(
+            v.check(b"no newline", false),
+            Verdict::Rejected(Rejection::MissingHeaderOrSegment)
+        );
+        assert_eq!(v.violation(), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! datagram. Problems are summarised at most once per interval; bytes are dumped only at debug.
 
 pub mod datagram;
+pub mod grammar;
 pub mod recvmmsg;
 
 use std::io;
