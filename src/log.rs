@@ -751,9 +751,18 @@ impl Throttle {
 
     /// `Some(n)` when a message may be written now (`n` were held back since the last one).
     pub fn allow(&self, now: Instant) -> Option<u64> {
+        if self.claim(now) {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+
+    /// Takes this interval's message if it is still free at `now`.
+    fn claim(&self, now: Instant) -> bool {
         let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
         let next = self.next_ms.load(Relaxed);
-        if now_ms >= next
+        now_ms >= next
             && self
                 .next_ms
                 .compare_exchange(
@@ -763,11 +772,26 @@ impl Throttle {
                     Relaxed,
                 )
                 .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Relaxed));
+    }
+
+    /// When messages were held back: the instant from which [`flush`](Self::flush) reports them.
+    pub fn pending(&self) -> Option<Instant> {
+        if self.suppressed.load(Relaxed) == 0 {
+            return None;
         }
-        self.suppressed.fetch_add(1, Relaxed);
-        None
+        Some(self.start + Duration::from_millis(self.next_ms.load(Relaxed)))
+    }
+
+    /// `Some(n)` when `n` messages were held back and a summary of them may be written now (it
+    /// counts as this interval's message).
+    pub fn flush(&self, now: Instant) -> Option<u64> {
+        if self.suppressed.load(Relaxed) == 0 {
+            return None;
+        }
+        if !self.claim(now) {
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed)).filter(|&n| n > 0)
     }
 }
 
@@ -996,5 +1020,29 @@ mod tests {
         assert_eq!(th.allow(t0 + Duration::from_secs(2)), None);
         assert_eq!(th.allow(t0 + Duration::from_secs(10)), Some(2));
         assert_eq!(th.allow(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn held_back_messages_are_due_after_the_interval_without_another_message() {
+        let th = Throttle::new(Duration::from_secs(10));
+        let t0 = th.start;
+        assert_eq!(th.pending(), None);
+        assert_eq!(th.allow(t0), Some(0));
+        assert_eq!(
+            (th.pending(), th.flush(t0)),
+            (None, None),
+            "nothing held back"
+        );
+        assert_eq!(th.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(th.allow(t0 + Duration::from_secs(2)), None);
+        assert_eq!(th.pending(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(th.flush(t0 + Duration::from_secs(9)), None, "not yet due");
+        assert_eq!(th.flush(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(th.pending(), None);
+        // The summary took that interval's message.
+        assert_eq!(th.allow(t0 + Duration::from_secs(11)), None);
+        assert_eq!(th.pending(), Some(t0 + Duration::from_secs(20)));
+        assert_eq!(th.allow(t0 + Duration::from_secs(20)), Some(1));
+        assert_eq!(th.flush(t0 + Duration::from_secs(40)), None);
     }
 }

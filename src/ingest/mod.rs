@@ -3,7 +3,9 @@
 //! A fixed pool of worker threads waits on the socket with mio and drains it with `recvmmsg`, many
 //! datagrams per call. Each datagram is validated ([`datagram`]); valid bodies are copied once into
 //! a [`Segment`] and pushed into the budgeted queue. Counters are added once per call, not per
-//! datagram. Problems are summarised at most once per interval; bytes are dumped only at debug.
+//! datagram. Problems are summarised at most once per interval (a bad JSON body with the rule it
+//! breaks and where); rejections held back meanwhile are reported when the interval ends, even if
+//! no datagram arrives then. Bytes are dumped only at debug.
 
 pub mod datagram;
 pub mod grammar;
@@ -18,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use datagram::{Rejection, Validator, Verdict};
+use grammar::Violation;
 use mio::{Events, Interest, Poll, Token, Waker};
 use recvmmsg::RecvBatch;
 
@@ -178,12 +181,22 @@ impl Worker {
         let mut validator = Validator::new();
         let mut last_wake = Instant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // Wake up when held-back rejections are due to be reported; otherwise only for data.
+            let due =
+                self.summaries.rejected.pending().map(|at| {
+                    at.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
+                });
+            if let Err(e) = self.poll.poll(&mut events, due) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 crate::error!("UDP poll failed: {e}");
                 return;
+            }
+            self.held_back_summary();
+            if events.is_empty() && !self.stop.load(Relaxed) {
+                // Woken by the timeout, not by data.
+                continue;
             }
             if self.stop.load(Relaxed) {
                 // What already sits in the kernel's buffer was sent to us: take it before leaving,
@@ -259,7 +272,7 @@ impl Worker {
                 Verdict::Rejected(reason) => {
                     tally.received += 1;
                     tally.rejected[reason.index()] += 1;
-                    self.rejection_summary(reason, datagram);
+                    self.rejection_summary(reason, validator.violation(), datagram);
                 }
             }
         }
@@ -280,12 +293,14 @@ impl Worker {
         (tally.received, bytes)
     }
 
-    fn rejection_summary(&self, reason: Rejection, datagram: &[u8]) {
+    fn rejection_summary(&self, reason: Rejection, why: Option<Violation>, datagram: &[u8]) {
         if let Some(held_back) = self.summaries.rejected.allow(Instant::now()) {
             crate::warn!(
-                "Rejected a datagram of {} bytes: {}{}",
+                "Rejected a datagram of {} bytes: {}{}{}",
                 datagram.len(),
                 describe(reason),
+                why.map(|v| format!(" ({v} of the segment)"))
+                    .unwrap_or_default(),
                 if held_back > 0 {
                     format!(" ({held_back} more rejected since the last report)")
                 } else {
@@ -298,6 +313,16 @@ impl Worker {
                 "Rejected datagram ({}): {}",
                 reason.as_str(),
                 String::from_utf8_lossy(datagram).escape_debug()
+            );
+        }
+    }
+
+    /// Reports the rejections held back since the last report once the interval is over.
+    fn held_back_summary(&self) {
+        if let Some(n) = self.summaries.rejected.flush(Instant::now()) {
+            crate::warn!(
+                "Rejected {n} more datagram{} since the last report",
+                if n == 1 { "" } else { "s" }
             );
         }
     }
