@@ -116,6 +116,20 @@ fn validate(c: &mut Criterion) {
                 black_box(v.is_object())
             })
         });
+        // A lone surrogate escape: simd-json refuses it, the grammar check accepts it (the
+        // fallback's cost on top of simd-json's failed attempt).
+        let lone =
+            datagram(&segment_doc(size, 1).replacen("\"note\": \"", "\"note\": \"\\ud83d", 1));
+        assert!(matches!(
+            validator.check(&lone, false),
+            Verdict::Accepted(_)
+        ));
+        group.bench_function(format!("xrayd_grammar_fallback/{label}"), |b| {
+            b.iter(|| {
+                let verdict = validator.check(black_box(&lone), false);
+                black_box(matches!(verdict, Verdict::Accepted(_)))
+            })
+        });
     }
     group.finish();
 }
