@@ -142,8 +142,56 @@ def write(target, name, data):
         f.write(data)
 
 
+def json_grammar_seeds(bodies):
+    """Segment bodies (no header): the SDK's documents, the valid JSON simd-json refuses, and
+    mutations of SDK documents that break one rule each."""
+    for name, body in bodies.items():
+        write("json_grammar", name, body)
+    small = json.loads(bodies["sdk-small-segment"])
+
+    def with_annotation(value):
+        doc = dict(small, annotations={"s": value})
+        return json.dumps(doc).encode()
+
+    # Valid JSON that simd-json refuses: JS "\ud83d\ude80".slice(0, 1) through JSON.stringify,
+    # Python json.dumps of surrogate-escaped strings, numbers beyond f64, deep nesting.
+    write("json_grammar", "lone-high-surrogate", with_annotation("\ud83d"))
+    write("json_grammar", "lone-low-surrogate", with_annotation("\udc00"))
+    write("json_grammar", "reversed-surrogate-pair", with_annotation("\udc00\ud800"))
+    write("json_grammar", "python-surrogateescape", with_annotation(b"caf\xe9".decode("utf-8", "surrogateescape")))
+    write("json_grammar", "valid-surrogate-pair", b'{"s":"\\ud83d\\ude80"}')
+    write("json_grammar", "numbers-beyond-f64", b'{"a":1e400,"b":-1e400,"c":1E+400,"d":1e-400,"e":-0.0e-0}')
+    for n in (1023, 1024, 1025, 5000):
+        write("json_grammar", "deep-arrays-%d" % n, b'{"a":' + b"[" * n + b"]" * n + b"}")
+    write("json_grammar", "deep-objects-1100", b'{"a":' + b'{"k":' * 1100 + b"0" + b"}" * 1100 + b"}")
+    write("json_grammar", "deep-unclosed-60000", b'{"a":' + b"[" * 60000)
+
+    # One broken rule each (mutations of an SDK document).
+    compact = json.dumps(small, separators=(",", ":")).encode()
+    write("json_grammar", "python-nan", json.dumps(dict(small, metadata={"x": float("nan")})).encode())
+    write("json_grammar", "python-infinity", json.dumps(dict(small, metadata={"x": float("-inf")})).encode())
+    write("json_grammar", "raw-tab-in-string", compact.replace(b'"name":"', b'"name":"\t', 1))
+    write("json_grammar", "raw-nul-in-string", compact.replace(b'"name":"', b'"name":"\x00', 1))
+    write("json_grammar", "del-in-string", compact.replace(b'"name":"', b'"name":"\x7f', 1))
+    write("json_grammar", "leading-zero", compact[:-1] + b',"z":0123}')
+    write("json_grammar", "lone-minus", compact[:-1] + b',"z":-}')
+    write("json_grammar", "trailing-comma-object", compact[:-1] + b",}")
+    write("json_grammar", "trailing-comma-array", b'{"a":[1,2,]}')
+    write("json_grammar", "utf8-bom", b"\xef\xbb\xbf" + compact)
+    write("json_grammar", "invalid-utf8-overlong", compact.replace(b'"name":"', b'"name":"\xc0\xaf', 1))
+    write("json_grammar", "invalid-utf8-surrogate", compact.replace(b'"name":"', b'"name":"\xed\xa0\x80', 1))
+    write("json_grammar", "invalid-utf8-above-max", compact.replace(b'"name":"', b'"name":"\xf4\x90\x80\x80', 1))
+    write("json_grammar", "invalid-escape", compact.replace(b'"name":"', b'"name":"\\x', 1))
+    write("json_grammar", "short-unicode-escape", compact.replace(b'"name":"', b'"name":"\\u12"', 1))
+    write("json_grammar", "truncated", compact[: len(compact) * 2 // 3])
+    write("json_grammar", "trailing-content", compact + b" x")
+    write("json_grammar", "array-top", b"[" + compact + b"]")
+    write("json_grammar", "single-quotes", b"{'a':1}")
+    write("json_grammar", "form-feed-whitespace", b"{\x0c}")
+
+
 def main():
-    for t in ("datagram", "put_response", "encode", "flags"):
+    for t in ("datagram", "json_grammar", "put_response", "encode", "flags"):
         shutil.rmtree(os.path.join(SEEDS, t), ignore_errors=True)
 
     captured = capture_sdk()
@@ -184,6 +232,8 @@ def main():
     write("datagram", "invalid-utf8", H + b'{"name":"\xff\xfe"}')
     write("datagram", "deep-nesting", H + b'{"a":' + b"[" * 100 + b"]" * 100 + b"}")
     write("datagram", "numbers", H + b'{"a":123456789012345678901234567890,"b":1e308,"c":-0,"d":0.1e-400}')
+
+    json_grammar_seeds(bodies)
 
     # --- put_response: X-Ray answers (body; "header\0body" tries the x-amzn-ErrorType path) ---
     write("put_response", "ok-empty-list", b'{"UnprocessedTraceSegments":[]}')

@@ -35,10 +35,10 @@ fi
 # Every target declared in fuzz/Cargo.toml, unless TARGETS names some.
 TARGETS="${TARGETS:-$(cargo "$TOOLCHAIN" fuzz list)}"
 
-# Inputs beyond the default 4 KiB matter for the datagram target (the 64 KiB limit).
+# Inputs beyond the default 4 KiB matter for the segment targets (the 64 KiB limit).
 max_len_for() {
   case "$1" in
-    datagram) echo 70000 ;;
+    datagram | json_grammar) echo 70000 ;;
     encode) echo 16384 ;;
     *) echo 4096 ;;
   esac
