@@ -41,7 +41,7 @@ fn enough_fds(need: u64) -> bool {
     // SAFETY: getrlimit only writes the rlimit we own.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
     if !ok || r.rlim_cur < need {
-        println!(
+        eprintln!(
             "SKIPPED: the test needs {need} open files, the limit is {}",
             r.rlim_cur
         );
