@@ -147,6 +147,21 @@ fn memory_stays_within_the_budget_under_many_large_unfinished_requests() {
     }
 }
 
+/// Opens `n` connections, each sending one `GetSamplingRules` call; returns those that connected
+/// and sent it (their answers unread).
+fn sampling_calls(tcp: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
+            s.write_all(
+                b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .ok()?;
+            Some(s)
+        })
+        .collect()
+}
+
 /// Lowers the daemon's open-files limit (soft and hard) as `ulimit -n` would have.
 fn limit_open_files(pid: u32, n: u64) {
     let r = libc::rlimit {
@@ -268,16 +283,7 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
 
     // A slow upstream: every worker busy, the queue full, more calls coming.
     fake.set_delay(Duration::from_secs(3));
-    let waiting: Vec<TcpStream> = (0..300)
-        .filter_map(|_| {
-            let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
-            s.write_all(
-                b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
-            )
-            .ok()?;
-            Some(s)
-        })
-        .collect();
+    let waiting = sampling_calls(tcp, 300);
     poll_until(
         secs(10),
         || "no call reached the slow upstream".into(),
@@ -303,16 +309,7 @@ fn answers_nobody_reads_do_not_pile_up_in_memory() {
     let tcp = tcp_addr(&d);
     let idle_rss = vm(d.pid(), "VmRSS:");
     // Each client asks for 512 KB of rules and never reads them.
-    let clients: Vec<TcpStream> = (0..CONNS)
-        .filter_map(|_| {
-            let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
-            s.write_all(
-                b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
-            )
-            .ok()?;
-            Some(s)
-        })
-        .collect();
+    let clients = sampling_calls(tcp, CONNS);
     assert_eq!(clients.len(), CONNS);
     // Every answer came back from X-Ray and was handed to its connection.
     poll_until(
