@@ -2,7 +2,7 @@
 //! X-Ray service. Every wait has a generous safety timeout; nothing here
 //! measures performance.
 
-mod support;
+use xrayd_kit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

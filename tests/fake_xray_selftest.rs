@@ -3,7 +3,7 @@
 //! the AWS SigV4 test suite, and the FakeXray against requests signed by the
 //! `aws-sigv4` crate and sent over a plain TcpStream.
 
-mod support;
+use xrayd_kit as support;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};

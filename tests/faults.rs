@@ -8,7 +8,7 @@
 //! Each case prints one `FAULT-MATRIX |...|` row (run with `--nocapture` to see them).
 //! `XRAYD_OUTAGE_SECS` (default 12) sets the length of the outage in `outage_then_recovery`.
 
-mod support;
+use xrayd_kit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 //! - a bad JSON body is logged with the rule it breaks and where, and rejections held back by the
 //!   rate limit are reported when the interval ends, without waiting for another datagram.
 
-mod support;
+use xrayd_kit as support;
 
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;

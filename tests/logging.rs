@@ -6,8 +6,7 @@
 mod support;
 
 /// The scriptable fake of X-Ray, for answers that carry hostile text.
-#[path = "support/mod.rs"]
-mod xray_support;
+use xrayd_kit as xray_support;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! - the log at the default level quotes no datagram bytes and holds only a few rate-limited
 //!   summary lines.
 
-mod support;
+use xrayd_kit as support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,8 +2,7 @@
 //! its counters match a known mix of UDP and TCP traffic, and agree with the shutdown line.
 
 mod proxy_support;
-#[path = "support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

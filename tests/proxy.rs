@@ -3,8 +3,7 @@
 //! this port is proved in `tests/sdk_conformance.rs`.
 
 mod proxy_support;
-#[path = "support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! `xrayd health` probe.
 
 mod proxy_support;
-#[path = "support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

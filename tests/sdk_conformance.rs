@@ -22,8 +22,7 @@
 
 mod e2e_support;
 mod proxy_support;
-#[path = "support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};

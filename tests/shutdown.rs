@@ -14,7 +14,7 @@
 //!   kill can only lose what was in memory (received, not yet acknowledged), never corrupt or
 //!   duplicate what was delivered.
 
-mod support;
+use xrayd_kit as support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! - SIGQUIT (the stop signal some process managers use) shuts down like SIGTERM: buffered
 //!   segments are delivered and the final counts logged, instead of a core dump.
 
-mod support;
+use xrayd_kit as support;
 
 use support::daemon::Daemon;
 use support::{FakeXray, make_segment, parse_listening_line, poll_until, secs, send_segments};

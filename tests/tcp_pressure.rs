@@ -4,8 +4,7 @@
 //! `/readyz` keep answering). Figures are printed (`--nocapture` shows them).
 
 mod proxy_support;
-#[path = "support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! The signed X-Ray client against the fake X-Ray: host lookups are cached across requests (one
 //! lookup for many uploads over a named endpoint), and every request still arrives signed.
 
-mod support;
+use xrayd_kit as support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

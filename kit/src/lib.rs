@@ -1,7 +1,7 @@
-//! Shared support for xrayd's integration tests: hand-written SHA-256/HMAC, an
-//! independent SigV4 verifier, a fake X-Ray service, helpers to run the real
-//! daemon and to send segments over UDP. Each test binary uses a subset.
-#![allow(dead_code, unused_imports)]
+//! xrayd's test kit, shared by the integration tests and the benchmark harness: hand-written
+//! SHA-256/HMAC, an independent SigV4 verifier, a fake X-Ray service, a runner for the real daemon
+//! binary and helpers to send segments over UDP. It treats xrayd as a black box: nothing here
+//! imports the daemon's library.
 
 pub mod crypto;
 pub mod daemon;

@@ -68,16 +68,37 @@ fn reader_thread(name: &str, src: impl Read + Send + 'static, lines: Lines) -> J
         .expect("spawn reader")
 }
 
+/// The `xrayd` binary of the cargo profile the running executable belongs to.
+fn built_binary() -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("xrayd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the daemon first (cargo build), or set XRAYD_TEST_BIN",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
+}
+
 impl Daemon {
-    /// Path of the binary under test: the build's own, or `XRAYD_TEST_BIN` when set (to measure
-    /// a release or static binary with the same scenarios, e.g. the memory cases of `faults`).
+    /// Path of the binary under test: `XRAYD_TEST_BIN` when set (to measure a release or static
+    /// binary with the same scenarios, e.g. the memory cases of `faults`), otherwise the `xrayd`
+    /// that cargo built beside the running test executable (`target/<profile>/deps/<test>` runs,
+    /// `target/<profile>/xrayd` is the daemon).
     pub fn bin() -> &'static str {
         static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         BIN.get_or_init(|| {
             std::env::var("XRAYD_TEST_BIN")
                 .ok()
                 .filter(|b| !b.is_empty())
-                .unwrap_or_else(|| env!("CARGO_BIN_EXE_xrayd").to_string())
+                .unwrap_or_else(built_binary)
         })
     }
 
