@@ -9,6 +9,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod health;
 pub mod ingest;
 pub mod json;
