@@ -78,6 +78,51 @@ fn random_words() -> [u64; 3] {
     words
 }
 
+const USAGE: &str = "Usage: xrayd demo [--address HOST:PORT]\n\n\
+Sends one current demo segment over UDP, as an X-Ray SDK does, and prints its trace id.\n\n  \
+--address HOST:PORT  where the daemon listens for segments (-b). Default: 127.0.0.1:2000\n";
+
+/// `xrayd demo [--address HOST:PORT]`; returns the exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let mut address = DEFAULT_ADDRESS.to_string();
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return 0;
+            }
+            "--address" | "-a" => match rest.next() {
+                Some(v) => address = v.clone(),
+                None => {
+                    eprintln!("{arg} needs a value\n{USAGE}");
+                    return 2;
+                }
+            },
+            other => match other.strip_prefix("--address=") {
+                Some(v) => address = v.to_string(),
+                None => {
+                    eprintln!("unknown argument: {other}\n{USAGE}");
+                    return 2;
+                }
+            },
+        }
+    }
+    match send(&address) {
+        Ok(ids) => {
+            println!(
+                "Sent a demo segment ({DEMO_NAME}) to {address}: trace id {}, segment id {}",
+                ids.trace_id, ids.id
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("xrayd demo: {e}");
+            1
+        }
+    }
+}
+
 /// Sends one demo segment to `address`; returns its ids.
 pub fn send(address: &str) -> Result<DemoIds, String> {
     let target = address

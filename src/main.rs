@@ -21,10 +21,11 @@ const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // Subcommands: a probe for exec health checks (scratch images have no shell), and the
-    // benchmark harness.
+    // Subcommands: a probe for exec health checks (scratch images have no shell), a demo segment
+    // sender, and the benchmark harness.
     match args.first().map(String::as_str) {
         Some("health") => std::process::exit(xrayd::health::main(args)),
+        Some("demo") => std::process::exit(xrayd::demo::main(args)),
         Some("bench") => std::process::exit(xrayd::bench::main(args)),
         _ => {}
     }
