@@ -5,6 +5,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use crate::config::args::{self, Flag, options_help};
+use crate::config::flags::USAGE_WIDTH;
+
 /// What `/readyz` says instead of why credentials are missing (the detail is logged).
 pub const SEE_LOG: &str = "see the daemon's log for why";
 
@@ -42,12 +45,34 @@ pub fn readiness(i: &ReadyInputs) -> Result<(), Vec<String>> {
     if why.is_empty() { Ok(()) } else { Err(why) }
 }
 
-const USAGE: &str = "Usage: xrayd health [--tcp ADDR] [--ready] [--timeout DURATION]\n\n\
-Probes xrayd's TCP port and exits 0 when it answers 200, 1 otherwise.\n\n\
-  --tcp ADDR          address of xrayd's TCP port (-t). Default: 127.0.0.1:2000; an unspecified\n\
-                      address (0.0.0.0, [::]) is probed on loopback\n\
-  --ready             probe /readyz (ready to take segments) instead of /healthz (alive)\n\
-  --timeout DURATION  time allowed for the whole probe (e.g. 2s, 500ms). Default: 2s\n";
+/// `xrayd health`'s flags.
+const FLAGS: &[Flag] = &[
+    Flag::value(
+        "tcp",
+        "ADDR",
+        "Address of xrayd's TCP port (-t). Default: 127.0.0.1:2000; an unspecified address \
+         (0.0.0.0, [::]) is probed on loopback.",
+    )
+    .short("t"),
+    Flag::switch(
+        "ready",
+        "Probe /readyz (ready to take segments) instead of /healthz (alive).",
+    ),
+    Flag::value(
+        "timeout",
+        "DURATION",
+        "Time allowed for the whole probe (e.g. 2s, 500ms). Default: 2s.",
+    ),
+    Flag::switch("help", "Print this help and exit.").short("h"),
+];
+
+fn usage() -> String {
+    format!(
+        "Usage: xrayd health [--tcp ADDR] [--ready] [--timeout DURATION]\n\n\
+         Probes xrayd's TCP port and exits 0 when it answers 200, 1 otherwise.\n\n{}",
+        options_help(FLAGS, USAGE_WIDTH)
+    )
+}
 
 /// Probe options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,41 +83,29 @@ struct Probe {
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Probe>, String> {
-    let mut p = Probe {
-        addr: "127.0.0.1:2000".into(),
-        path: "/healthz",
-        timeout: Duration::from_secs(2),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let body = a
-            .strip_prefix("--")
-            .or_else(|| a.strip_prefix('-'))
-            .ok_or_else(|| format!("unexpected argument: {a}"))?;
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("flag needs an argument: -{name}"))
-        };
-        match name {
-            "h" | "help" => return Ok(None),
-            "tcp" | "t" => p.addr = value()?,
-            "timeout" => {
-                let v = value()?;
-                p.timeout = crate::config::parse_duration(&v)
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| format!("--timeout: {v:?} is not a duration; use e.g. 2s"))?;
-            }
-            "ready" => p.path = "/readyz",
-            _ => return Err(format!("flag provided but not defined: -{name}")),
-        }
+    let f = args::parse(FLAGS, args.iter().cloned()).map_err(|e| e.0)?;
+    if f.is_set("help") {
+        return Ok(None);
     }
-    Ok(Some(p))
+    if let Some(extra) = f.rest.first() {
+        return Err(format!("unexpected argument: {extra}"));
+    }
+    let timeout = match f.get("timeout") {
+        None => Duration::from_secs(2),
+        Some(v) => crate::config::parse_duration(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--timeout: {v:?} is not a duration; use e.g. 2s"))?,
+    };
+    Ok(Some(Probe {
+        addr: f.get("tcp").unwrap_or("127.0.0.1:2000").to_string(),
+        path: if f.is_set("ready") {
+            "/readyz"
+        } else {
+            "/healthz"
+        },
+        timeout,
+    }))
 }
 
 /// The address to connect to: an unspecified bind address means loopback of its family.
@@ -175,11 +188,11 @@ pub fn main(args: Vec<String>) -> i32 {
     let probe = match parse_args(args) {
         Ok(Some(p)) => p,
         Ok(None) => {
-            print!("{USAGE}");
+            print!("{}", usage());
             return 0;
         }
         Err(e) => {
-            eprintln!("xrayd health: {e}\n{USAGE}");
+            eprintln!("xrayd health: {e}\n{}", usage());
             return 2;
         }
     };
@@ -259,6 +272,13 @@ mod tests {
         assert!(parse_args(&args(&["--nope"])).is_err());
         assert!(parse_args(&args(&["extra"])).is_err());
         assert_eq!(parse_args(&args(&["-h"])), Ok(None));
+        assert_eq!(
+            parse_args(&args(&["-t", "h:2"])).unwrap().unwrap().addr,
+            "h:2"
+        );
+        assert!(parse_args(&args(&["--timeout", "0s"])).is_err());
+        assert!(parse_args(&args(&["--timeout", "soon"])).is_err());
+        assert!(usage().lines().all(|l| l.len() <= USAGE_WIDTH));
         assert_eq!(main(args(&["health", "--bogus"])), 2);
     }
 

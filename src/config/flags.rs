@@ -1,340 +1,88 @@
-//! Command-line flags, parsed the way Go's `flag` package does (what the AWS daemon uses):
-//! `-x` and `--x` are the same, values as `-x v` or `-x=v`, booleans take no value (`-o`, `-o=true`),
-//! and parsing stops at the first argument that is not a flag.
+//! The daemon's command-line flags ([`FLAGS`]) and its `-h` text ([`usage`]), parsed by the
+//! shared parser in [`super::args`] (Go `flag` spellings, as the AWS daemon's).
+//!
+//! Order, kept by a test: the AWS daemon's flags in the order of its own `-h`, then xrayd's own
+//! (long names only) in alphabetical order.
 
-use std::collections::HashMap;
-use std::fmt;
+pub use super::args::{Flag, FlagError, Kind, Parsed};
 
-/// Whether a flag takes a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Bool,
-    Value,
-}
+/// Width of the `-h` text, in columns.
+pub const USAGE_WIDTH: usize = 100;
 
-/// One flag: its short and long names, kind, value name and help text.
-#[derive(Debug)]
-pub struct Flag {
-    pub short: Option<&'static str>,
-    pub long: &'static str,
-    pub kind: Kind,
-    pub value_name: &'static str,
-    pub help: &'static str,
-}
-
-const fn flag(
-    short: Option<&'static str>,
-    long: &'static str,
-    kind: Kind,
-    value_name: &'static str,
-    help: &'static str,
-) -> Flag {
-    Flag {
-        short,
-        long,
-        kind,
-        value_name,
-        help,
-    }
-}
-
-use Kind::{Bool, Value};
+/// The AWS daemon's flags, in the order of its `-h` (the first entries of [`FLAGS`]).
+pub const AWS_FLAGS: &[&str] = &[
+    "resource-arn",
+    "local-mode",
+    "buffer-memory",
+    "region",
+    "bind",
+    "bind-tcp",
+    "role-arn",
+    "config",
+    "log-file",
+    "log-level",
+    "proxy-address",
+    "version",
+    "help",
+];
 
 /// Every flag the daemon accepts: the AWS daemon's, then xrayd's long-only ones.
 pub const FLAGS: &[Flag] = &[
-    flag(
-        Some("a"),
-        "resource-arn",
-        Value,
-        "ARN",
-        "Amazon Resource Name (ARN) of the AWS resource running the daemon (sent with telemetry).",
-    ),
-    flag(
-        Some("o"),
-        "local-mode",
-        Bool,
-        "",
-        "Don't check for EC2/ECS metadata (region, hostname, instance id).",
-    ),
-    flag(
-        Some("m"),
-        "buffer-memory",
-        Value,
-        "MB",
-        "Memory budget in MB for buffered segments (minimum 3). Default: 1% of host memory, at most a quarter of the cgroup limit.",
-    ),
-    flag(
-        Some("n"),
-        "region",
-        Value,
-        "REGION",
-        "Send segments to X-Ray in this region.",
-    ),
-    flag(
-        Some("b"),
-        "bind",
-        Value,
-        "ADDR",
-        "UDP address to receive segments on. Default: 127.0.0.1:2000.",
-    ),
-    flag(
-        Some("t"),
-        "bind-tcp",
-        Value,
-        "ADDR",
-        "TCP address of the sampling proxy. Default: 127.0.0.1:2000.",
-    ),
-    flag(
-        Some("r"),
-        "role-arn",
-        Value,
-        "ARN",
-        "Assume this IAM role to upload segments to a different account.",
-    ),
-    flag(
-        Some("c"),
-        "config",
-        Value,
-        "FILE",
-        "Load a YAML configuration file.",
-    ),
-    flag(
-        Some("f"),
-        "log-file",
-        Value,
-        "FILE",
-        "Write logs to this file instead of stdout.",
-    ),
-    flag(
-        Some("l"),
-        "log-level",
-        Value,
-        "LEVEL",
-        "Log level: dev, debug, info, prod (= info), warn, error, silent. Default: prod.",
-    ),
-    flag(
-        Some("p"),
-        "proxy-address",
-        Value,
-        "URL",
-        "Outbound HTTPS proxy for calls to AWS.",
-    ),
-    flag(
-        Some("v"),
-        "version",
-        Bool,
-        "",
-        "Print the version and exit.",
-    ),
-    flag(Some("h"), "help", Bool, "", "Print this help and exit."),
-    flag(
-        None,
-        "endpoint",
-        Value,
-        "URL",
-        "X-Ray endpoint URL (default: from the region, or AWS_ENDPOINT_URL_XRAY / AWS_ENDPOINT_URL).",
-    ),
-    flag(
-        None,
-        "local-sink",
-        Value,
-        "PATH",
-        "Write segments as JSON lines to PATH ('-' = stdout) instead of uploading; needs no AWS account.",
-    ),
-    flag(
-        None,
-        "concurrency",
-        Value,
-        "N",
-        "Concurrent uploads to X-Ray. Default: 8.",
-    ),
-    flag(
-        None,
-        "receive-buffer",
-        Value,
-        "BYTES",
-        "UDP socket receive buffer to ask the kernel for (Linux doubles it for bookkeeping). Default: 4194304 (8 MiB effective).",
-    ),
-    flag(
-        None,
-        "ingest-workers",
-        Value,
-        "N",
-        "Threads reading the UDP socket. Default: 1 per 2 cores (at least 1, at most 4).",
-    ),
-    flag(
-        None,
-        "shutdown-timeout",
-        Value,
-        "DURATION",
-        "On SIGINT/SIGTERM, time allowed to deliver what is buffered (e.g. 10s, 500ms). Default: 10s.",
-    ),
-    flag(
-        None,
-        "upload-timeout",
-        Value,
-        "DURATION",
-        "Timeout of one upload call to X-Ray. Default: 10s.",
-    ),
-    flag(
-        None,
-        "retry-base-delay",
-        Value,
-        "DURATION",
-        "Backoff before the first retry of a failed upload (doubles each time, with jitter). Default: 200ms.",
-    ),
-    flag(
-        None,
-        "log-format",
-        Value,
-        "FORMAT",
-        "Log line format: text (the AWS daemon's) or json (one JSON object per line: time, level, message, fields). Default: text.",
-    ),
-    flag(
-        None,
-        "log-rotation",
-        Bool,
-        "",
-        "Rotate the log file at 50 MB, keeping one rolled file <file>.1 (config Logging.LogRotation). Default: true; --log-rotation=false disables it.",
-    ),
-    flag(
-        None,
-        "no-verify-ssl",
-        Bool,
-        "",
-        "Do not verify X-Ray's TLS certificate (config NoVerifySSL). Unsafe; for test endpoints only.",
-    ),
-    flag(
-        None,
-        "proxy-allow-all",
-        Bool,
-        "",
-        "Forward every X-Ray API path through the TCP port, not only the sampling APIs (GetSamplingRules, SamplingTargets, SamplingStatisticSummaries).",
-    ),
-    flag(
-        None,
-        "ready-failure-threshold",
-        Value,
-        "DURATION",
-        "GET /readyz fails once uploads to X-Ray have been failing for longer than this. Default: 5m.",
-    ),
-    flag(
-        None,
-        "print-config",
-        Bool,
-        "",
-        "Print the effective configuration (flags, config files, environment, defaults) as a cfg.yaml and exit.",
-    ),
-    flag(
-        None,
-        "retry-max-delay",
-        Value,
-        "DURATION",
-        "Upper bound of the retry backoff. Default: 30s.",
-    ),
+    Flag::value("resource-arn", "ARN", "Amazon Resource Name (ARN) of the AWS resource running the daemon (sent with telemetry).").short("a"),
+    Flag::switch("local-mode", "Don't check for EC2/ECS metadata (region, hostname, instance id).").short("o"),
+    Flag::value("buffer-memory", "MB", "Memory budget in MB for buffered segments (minimum 3). Default: 1% of host memory, at most a quarter of the cgroup limit.").short("m"),
+    Flag::value("region", "REGION", "Send segments to X-Ray in this region.").short("n"),
+    Flag::value("bind", "ADDR", "UDP address to receive segments on. Default: 127.0.0.1:2000.").short("b"),
+    Flag::value("bind-tcp", "ADDR", "TCP address of the sampling proxy, which also serves /healthz, /readyz and /metrics. Default: 127.0.0.1:2000.").short("t"),
+    Flag::value("role-arn", "ARN", "Assume this IAM role to upload segments to a different account.").short("r"),
+    Flag::value("config", "FILE", "Load a YAML configuration file.").short("c"),
+    Flag::value("log-file", "FILE", "Write logs to this file instead of stdout.").short("f"),
+    Flag::value("log-level", "LEVEL", "Log level: dev, debug, info, prod (= info), warn, error, silent. Default: prod.").short("l"),
+    Flag::value("proxy-address", "URL", "Outbound HTTPS proxy for calls to AWS.").short("p"),
+    Flag::switch("version", "Print the version and exit.").short("v"),
+    Flag::switch("help", "Print this help and exit.").short("h"),
+    Flag::value("concurrency", "N", "Concurrent uploads to X-Ray. Default: 8."),
+    Flag::value("endpoint", "URL", "X-Ray endpoint URL (default: from the region, or AWS_ENDPOINT_URL_XRAY / AWS_ENDPOINT_URL)."),
+    Flag::value("ingest-workers", "N", "Threads reading the UDP socket. Default: 1 per 2 cores (at least 1, at most 4)."),
+    Flag::value("local-sink", "PATH", "Write segments as JSON lines to PATH ('-' = stdout) instead of uploading; needs no AWS account."),
+    Flag::value("log-format", "FORMAT", "Log line format: text (the AWS daemon's) or json (one JSON object per line: time, level, message, fields). Default: text."),
+    Flag::switch("log-rotation", "Rotate the log file at 50 MB, keeping one rolled file <file>.1 (config Logging.LogRotation). Default: true; --log-rotation=false disables it."),
+    Flag::switch("no-verify-ssl", "Do not verify X-Ray's TLS certificate (config NoVerifySSL). Unsafe; for test endpoints only."),
+    Flag::switch("print-config", "Print the effective configuration (flags, config files, environment, defaults) as a cfg.yaml and exit."),
+    Flag::switch("proxy-allow-all", "Forward every X-Ray API path through the TCP port, not only the sampling APIs (GetSamplingRules, SamplingTargets, SamplingStatisticSummaries)."),
+    Flag::value("ready-failure-threshold", "DURATION", "GET /readyz fails once uploads to X-Ray have been failing for longer than this. Default: 5m."),
+    Flag::value("receive-buffer", "BYTES", "UDP socket receive buffer to ask the kernel for (Linux doubles it for bookkeeping). Default: 4194304 (8 MiB effective)."),
+    Flag::value("retry-base-delay", "DURATION", "Backoff before the first retry of a failed upload (doubles each time, with jitter). Default: 200ms."),
+    Flag::value("retry-max-delay", "DURATION", "Upper bound of the retry backoff. Default: 30s."),
+    Flag::value("shutdown-timeout", "DURATION", "On SIGINT/SIGTERM, time allowed to deliver what is buffered (e.g. 10s, 500ms). Default: 10s."),
+    Flag::value("upload-timeout", "DURATION", "Timeout of one upload call to X-Ray. Default: 10s."),
 ];
 
-/// Parsed flags: long name → value (`"true"`/`"false"` for booleans), plus what follows them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub values: HashMap<&'static str, String>,
-    pub rest: Vec<String>,
-}
-
-impl Parsed {
-    /// A flag's value, if given.
-    pub fn get(&self, long: &str) -> Option<&str> {
-        self.values.get(long).map(String::as_str)
-    }
-
-    /// A boolean flag: given and true.
-    pub fn is_set(&self, long: &str) -> bool {
-        self.get(long) == Some("true")
-    }
-}
-
-/// A command line that cannot be parsed (exit code 2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlagError(pub String);
-
-impl fmt::Display for FlagError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn lookup(name: &str) -> Option<&'static Flag> {
-    FLAGS
-        .iter()
-        .find(|f| f.long == name || f.short == Some(name))
-}
-
-/// Parses `args` (without the program name).
+/// Parses the daemon's `args` (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, FlagError> {
-    let mut out = Parsed::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            out.rest.extend(args);
-            break;
-        }
-        let Some(body) = arg
-            .strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-'))
-            .filter(|b| !b.is_empty() && !b.starts_with('-'))
-        else {
-            out.rest.push(arg);
-            out.rest.extend(args);
-            break;
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        let flag = lookup(name)
-            .ok_or_else(|| FlagError(format!("flag provided but not defined: -{name}")))?;
-        let value = match (flag.kind, inline) {
-            (Kind::Bool, None) => "true".to_string(),
-            (Kind::Bool, Some(v)) => match v.as_str() {
-                "1" | "t" | "T" | "true" | "TRUE" | "True" => "true".into(),
-                "0" | "f" | "F" | "false" | "FALSE" | "False" => "false".into(),
-                _ => {
-                    return Err(FlagError(format!(
-                        "invalid boolean value {v:?} for -{name}"
-                    )));
-                }
-            },
-            (Kind::Value, Some(v)) => v,
-            (Kind::Value, None) => args
-                .next()
-                .ok_or_else(|| FlagError(format!("flag needs an argument: -{name}")))?,
-        };
-        out.values.insert(flag.long, value);
-    }
-    Ok(out)
+    super::args::parse(FLAGS, args)
 }
 
 /// The usage text printed by `-h` and after a flag error.
 pub fn usage() -> String {
-    let mut s = String::from(
-        "Usage: xrayd [options]\n       xrayd health [--tcp ADDR]\n       xrayd bench [options]\n\nOptions:\n",
-    );
-    let left = |f: &Flag| {
-        let names = match f.short {
-            Some(short) => format!("-{short}, --{}", f.long),
-            None => format!("    --{}", f.long),
-        };
-        if f.value_name.is_empty() {
-            names
-        } else {
-            format!("{names} {}", f.value_name)
-        }
-    };
-    let width = FLAGS.iter().map(|f| left(f).len()).max().unwrap_or(0);
-    for f in FLAGS {
-        s.push_str(&format!("  {:<width$}  {}\n", left(f), f.help));
-    }
-    s
+    format!(
+        "Usage: xrayd [OPTIONS]
+       xrayd health [--tcp ADDR] [--ready] [--timeout DURATION]
+       xrayd bench [OPTIONS]
+       xrayd demo [--address HOST:PORT]
+
+Receives X-Ray segments on a UDP address (-b) and uploads them to AWS X-Ray in batches.
+The TCP address (-t) serves the sampling proxy and also GET /healthz, /readyz and /metrics.
+
+Subcommands:
+  health  Probe /healthz (or /readyz with --ready) on the TCP address; exit 0 when it answers 200.
+  bench   The load and benchmark harness (see xrayd bench -h).
+  demo    Send one demo segment to a running xrayd, to see it work.
+
+Options (the AWS daemon's, then xrayd's own in alphabetical order):
+{}",
+        super::args::options_help(FLAGS, USAGE_WIDTH)
+    )
 }
 
 #[cfg(test)]
@@ -408,5 +156,41 @@ mod tests {
         longs.sort();
         longs.dedup();
         assert_eq!(longs.len(), FLAGS.len());
+    }
+
+    #[test]
+    fn usage_fits_in_100_columns() {
+        let u = usage();
+        for line in u.lines() {
+            assert!(line.chars().count() <= USAGE_WIDTH, "too wide: {line:?}");
+            assert_eq!(line, line.trim_end(), "trailing blanks: {line:?}");
+        }
+        for sub in [
+            "xrayd health [--tcp ADDR] [--ready] [--timeout DURATION]",
+            "xrayd bench [OPTIONS]",
+            "xrayd demo [--address HOST:PORT]",
+            "/healthz, /readyz and /metrics",
+        ] {
+            assert!(u.contains(sub), "{sub:?} missing from\n{u}");
+        }
+    }
+
+    #[test]
+    fn flags_are_in_the_documented_order() {
+        let longs: Vec<&str> = FLAGS.iter().map(|f| f.long).collect();
+        assert_eq!(&longs[..AWS_FLAGS.len()], AWS_FLAGS);
+        assert!(FLAGS[..AWS_FLAGS.len()].iter().all(|f| f.short.is_some()));
+        let own = &longs[AWS_FLAGS.len()..];
+        let mut sorted = own.to_vec();
+        sorted.sort();
+        assert_eq!(own, &sorted[..], "xrayd's own flags are sorted");
+        assert!(FLAGS[AWS_FLAGS.len()..].iter().all(|f| f.short.is_none()));
+        // The usage lists them in the same order.
+        let u = usage();
+        let at: Vec<usize> = longs
+            .iter()
+            .map(|l| u.find(&format!("--{l}")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{u}");
     }
 }
