@@ -19,7 +19,7 @@ use xrayd::batch::Batcher;
 use xrayd::ingest::datagram::{Validator, Verdict};
 use xrayd::queue::{EvictOldest, Segment, bounded};
 use xrayd::stats::Stats;
-use xrayd::upload::encode::put_trace_segments_body;
+use xrayd::xray::segments::put_trace_segments_body;
 
 const HEADER: &str = "{\"format\":\"json\",\"version\":1}\n";
 

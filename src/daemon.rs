@@ -14,10 +14,10 @@ use crate::log::Throttle;
 use crate::queue;
 use crate::stats::Stats;
 use crate::upload::backlog::Backlog;
-use crate::upload::client::{ClientConfig, XrayClient};
 use crate::upload::retry::Backoff;
 use crate::upload::sink::{LocalSink, Sink, XraySink};
 use crate::upload::{FAILURE_LOG_INTERVAL, Uploader};
+use crate::xray::client::{ClientConfig, XrayClient};
 
 /// The version printed by `-v` and sent in the user agent.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

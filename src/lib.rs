@@ -3,6 +3,16 @@
 //! The data flows ingest → queue → batch → upload. The pure core (datagram validation, the byte
 //! budget, batching decisions, retry schedule, request encoding, signing, config resolution) is
 //! testable without sockets; the I/O edges (UDP ingest, HTTP upload) are thin.
+//!
+//! Modules, in the order of the data flow, then what stands beside it:
+//! - [`ingest`]: the UDP socket, recvmmsg, datagram rules; [`queue`]: the bounded segment queue;
+//!   [`batch`]: batching; [`upload`]: uploader threads, backlog, retry, sinks.
+//! - [`xray`]: X-Ray's API, the client and the wire format (PutTraceSegments,
+//!   PutTelemetryRecords); [`aws`]: signing, credentials, endpoints, region, the signed HTTP client.
+//! - [`proxy`]: the TCP port (sampling proxy, `/healthz`, `/readyz`, `/metrics`); [`telemetry`],
+//!   [`metrics`], [`health`]: what the daemon says about itself; [`stats`]: every counter.
+//! - [`config`]: flags (one parser for every command), config files, settings; [`log`], [`json`]:
+//!   output helpers; [`daemon`]: the wiring; [`bench`]: the benchmark harness.
 
 pub mod aws;
 pub mod batch;
@@ -20,3 +30,4 @@ pub mod queue;
 pub mod stats;
 pub mod telemetry;
 pub mod upload;
+pub mod xray;

@@ -13,7 +13,39 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::ingest::datagram::Rejection;
+/// The counters of datagrams rejected at ingest, one per reason (ingest maps its own rejection
+/// reasons onto these: stats depends on no pipeline stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedCounter {
+    /// No newline between header and segment, or nothing after it.
+    NoNewline,
+    /// An unreadable or unsupported header.
+    BadHeader,
+    /// A segment that is not a JSON object.
+    BadJson,
+    /// A segment over the size limit (or truncated by the receive buffer).
+    TooLarge,
+}
+
+impl RejectedCounter {
+    /// All counters, in the order of logs, reports and metrics.
+    pub const ALL: [RejectedCounter; 4] = [
+        RejectedCounter::NoNewline,
+        RejectedCounter::BadHeader,
+        RejectedCounter::BadJson,
+        RejectedCounter::TooLarge,
+    ];
+
+    /// Short machine name (metrics labels, log summaries, the shutdown line).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectedCounter::NoNewline => "no_newline",
+            RejectedCounter::BadHeader => "bad_header",
+            RejectedCounter::BadJson => "bad_json",
+            RejectedCounter::TooLarge => "too_large",
+        }
+    }
+}
 
 /// Classes of failed calls to X-Ray, as PutTelemetryRecords' `BackendConnectionErrors` has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +184,8 @@ pub struct Snapshot {
 
 impl Stats {
     /// Counts rejected datagrams.
-    pub fn add_rejected(&self, reason: Rejection, n: u64) {
-        self.rejected[reason.index()].fetch_add(n, Relaxed);
+    pub fn add_rejected(&self, reason: impl Into<RejectedCounter>, n: u64) {
+        self.rejected[reason.into() as usize].fetch_add(n, Relaxed);
     }
 
     /// Counts one failed call to X-Ray.
@@ -337,8 +369,8 @@ impl Snapshot {
     }
 
     /// Rejections for one reason.
-    pub fn rejected(&self, reason: Rejection) -> u64 {
-        self.rejected[reason.index()]
+    pub fn rejected(&self, reason: impl Into<RejectedCounter>) -> u64 {
+        self.rejected[reason.into() as usize]
     }
 
     /// Failed calls of one class.
@@ -354,7 +386,7 @@ impl Snapshot {
             self.received,
             self.rejected_total()
         );
-        for r in Rejection::ALL {
+        for r in RejectedCounter::ALL {
             let _ = write!(s, " rejected_{}={}", r.as_str(), self.rejected(r));
         }
         let _ = write!(
@@ -383,16 +415,16 @@ mod tests {
     #[test]
     fn counters_land_in_their_own_buckets() {
         let s = Stats::default();
-        s.add_rejected(Rejection::BadJson, 2);
-        s.add_rejected(Rejection::TooLarge, 1);
+        s.add_rejected(RejectedCounter::BadJson, 2);
+        s.add_rejected(RejectedCounter::TooLarge, 1);
         s.add_backend_error(BackendError::Http5xx);
         s.add_backend_error(BackendError::Http5xx);
         s.add_backend_error(BackendError::UnknownHost);
         s.hold(3, 300);
         s.release(1, 100);
         let snap = s.snapshot();
-        assert_eq!(snap.rejected(Rejection::BadJson), 2);
-        assert_eq!(snap.rejected(Rejection::BadHeader), 0);
+        assert_eq!(snap.rejected(RejectedCounter::BadJson), 2);
+        assert_eq!(snap.rejected(RejectedCounter::BadHeader), 0);
         assert_eq!(snap.rejected_total(), 3);
         assert_eq!(snap.backend_errors(BackendError::Http5xx), 2);
         assert_eq!(snap.backend_errors(BackendError::UnknownHost), 1);

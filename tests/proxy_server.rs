@@ -19,7 +19,7 @@ use xrayd::aws::credentials::{
 };
 use xrayd::proxy::{Config, Options, Server, Upstream};
 use xrayd::stats::Stats;
-use xrayd::upload::client::ClientConfig;
+use xrayd::xray::client::ClientConfig;
 
 fn test_creds() -> Arc<dyn ProvideCredentials> {
     Arc::new(StaticProvider::new(
@@ -966,9 +966,9 @@ fn readyz_follows_the_upload_pipeline() {
     use xrayd::queue::{self, Segment};
     use xrayd::upload::Uploader;
     use xrayd::upload::backlog::Backlog;
-    use xrayd::upload::client::XrayClient;
     use xrayd::upload::retry::Backoff;
     use xrayd::upload::sink::XraySink;
+    use xrayd::xray::client::XrayClient;
 
     let fake = FakeSampling::start();
     let stats = Arc::new(Stats::default());

@@ -14,7 +14,7 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 use xrayd::aws::credentials::{Credentials, ProvideCredentials, StaticProvider};
-use xrayd::upload::client::{ClientConfig, XrayClient};
+use xrayd::xray::client::{ClientConfig, XrayClient};
 
 /// Sends every name to one loopback address and counts the lookups.
 #[derive(Debug)]

@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use xrayd::upload::encode::{escape_json_string, put_trace_segments_body};
+use xrayd::json::escape_json_string;
+use xrayd::xray::segments::put_trace_segments_body;
 
 fuzz_target!(|data: &[u8]| {
     let docs: Vec<Cow<'_, str>> = data

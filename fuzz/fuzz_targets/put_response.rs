@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xrayd::upload::encode::{error_type, parse_put_response, segment_ids};
+use xrayd::aws::error_type::error_type;
+use xrayd::xray::segments::{parse_put_response, segment_ids};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(list) = parse_put_response(data) {

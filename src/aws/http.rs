@@ -1,4 +1,5 @@
-//! The small blocking HTTP helper the credential and region sources share (ureq, bounded bodies).
+//! The small blocking HTTP helper the credential and region sources share (ureq, bounded bodies),
+//! and URL helpers for every outbound call (host, authority, proxy choice, redaction).
 //!
 //! Metadata endpoints (IMDS, the container endpoint) are always reached directly; STS goes through
 //! the outbound proxy unless `NO_PROXY` (or the host being loopback / link-local) says otherwise.
@@ -168,6 +169,27 @@ pub(crate) fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// `host[:port]` of a URL, without a default port (what an HTTP client sends as `Host`).
+pub fn authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let auth = rest.split(['/', '?', '#']).next()?;
+    let auth = auth.rsplit('@').next()?;
+    if auth.is_empty() {
+        return None;
+    }
+    let default = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    Some(
+        auth.strip_suffix(default)
+            .filter(|_| !default.is_empty())
+            .unwrap_or(auth)
+            .to_string(),
+    )
+}
+
 /// Loopback or link-local (never proxied).
 fn is_local_host(host: &str) -> bool {
     if host == "localhost" {
@@ -264,6 +286,22 @@ mod tests {
         assert_eq!(proxy_for("http://[::1]:5000/", p, None), None);
         assert_eq!(proxy_for("http://169.254.169.254/", p, None), None);
         assert_eq!(proxy_for("http://localhost:1/", p, None), None);
+    }
+
+    #[test]
+    fn authority_drops_default_ports_only() {
+        assert_eq!(
+            authority("https://xray.us-east-1.amazonaws.com").as_deref(),
+            Some("xray.us-east-1.amazonaws.com")
+        );
+        assert_eq!(authority("https://h:443/x").as_deref(), Some("h"));
+        assert_eq!(
+            authority("http://127.0.0.1:4566/").as_deref(),
+            Some("127.0.0.1:4566")
+        );
+        assert_eq!(authority("http://[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(authority("nope"), None);
+        assert_eq!(authority("http:///path"), None);
     }
 
     #[test]

@@ -9,9 +9,8 @@ use parking_lot::Mutex;
 
 use super::credentials::{Credentials, CredentialsError};
 use super::fetch::{FetchCredentials, parse_expiration};
-use super::http::{Http, excerpt, form_encode, proxy_for, redact_url};
+use super::http::{Http, authority, excerpt, form_encode, proxy_for, redact_url};
 use super::sigv4::{Scope, sign_headers};
-use crate::upload::client::authority;
 
 /// STS API version of every call.
 const STS_VERSION: &str = "2011-06-15";

@@ -628,7 +628,7 @@ mod tests {
                 out.push(b',');
             }
             out.push(b'"');
-            crate::upload::encode::escape_json_string(&d[HEADER.len()..], &mut out);
+            crate::json::escape_json_string(&d[HEADER.len()..], &mut out);
             out.push(b'"');
         }
         out.extend_from_slice(b"]}");

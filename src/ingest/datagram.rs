@@ -14,6 +14,7 @@
 use simd_json::{Node, StaticNode};
 
 use super::grammar::{self, Rule, Violation};
+use crate::stats::RejectedCounter;
 
 /// X-Ray's limit for one segment document.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -41,19 +42,26 @@ impl Rejection {
         Rejection::TooLarge,
     ];
 
-    /// Short machine name (metrics labels, log summaries).
+    /// Short machine name (metrics labels, log summaries): its counter's.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::MissingHeaderOrSegment => "no_newline",
-            Rejection::BadHeader => "bad_header",
-            Rejection::BadJson => "bad_json",
-            Rejection::TooLarge => "too_large",
-        }
+        RejectedCounter::from(self).as_str()
     }
 
-    /// Index into per-reason counter arrays.
+    /// Index into per-reason counter arrays (its counter's position in [`RejectedCounter::ALL`]).
     pub fn index(self) -> usize {
-        self as usize
+        RejectedCounter::from(self) as usize
+    }
+}
+
+/// Each reason is counted by its own counter in [`crate::stats`].
+impl From<Rejection> for RejectedCounter {
+    fn from(r: Rejection) -> RejectedCounter {
+        match r {
+            Rejection::MissingHeaderOrSegment => RejectedCounter::NoNewline,
+            Rejection::BadHeader => RejectedCounter::BadHeader,
+            Rejection::BadJson => RejectedCounter::BadJson,
+            Rejection::TooLarge => RejectedCounter::TooLarge,
+        }
     }
 }
 
@@ -239,6 +247,19 @@ mod tests {
     }
 
     const BODY: &str = r#"{"name":"svc","id":"70de5b6f19ff9a0a","trace_id":"1-581cf771-a006649127e371903a2de979","start_time":1.5,"end_time":2.5}"#;
+
+    #[test]
+    fn each_reason_has_its_own_counter_in_order() {
+        let counters = Rejection::ALL.map(RejectedCounter::from);
+        assert_eq!(counters, RejectedCounter::ALL);
+        for (i, r) in Rejection::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        assert_eq!(
+            Rejection::ALL.map(Rejection::as_str),
+            ["no_newline", "bad_header", "bad_json", "too_large"]
+        );
+    }
 
     #[test]
     fn header_table() {

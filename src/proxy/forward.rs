@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::http::Response;
 use crate::aws::credentials::ProvideCredentials;
 use crate::stats::BackendError;
-use crate::upload::client::{ClientConfig, XrayClient};
+use crate::xray::client::{ClientConfig, XrayClient};
 
 /// Default time allowed for one forwarded call (connect, send, answer).
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);

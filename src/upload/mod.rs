@@ -14,9 +14,6 @@
 //! small segments never touch any of this.
 
 pub mod backlog;
-pub mod client;
-pub mod dns;
-pub mod encode;
 pub mod retry;
 pub mod sink;
 
@@ -32,6 +29,7 @@ use sink::{Delivery, Sink};
 
 use crate::log::Throttle;
 use crate::stats::Stats;
+use crate::xray::segments::segment_ids;
 
 /// Everything an uploader thread needs.
 #[derive(Clone)]
@@ -121,7 +119,7 @@ impl Uploader {
                             .batch
                             .segments
                             .iter()
-                            .map(|s| encode::segment_ids(s.bytes()))
+                            .map(|s| segment_ids(s.bytes()))
                             .find(|(_, id)| *id == u.id)
                             .map(|(t, _)| t)
                             .unwrap_or_default();
@@ -178,7 +176,7 @@ impl Uploader {
                 self.stats.add_backend_error(class);
                 self.stats.rejected_by_xray.fetch_add(n, Relaxed);
                 for s in &p.batch.segments {
-                    let (trace_id, id) = encode::segment_ids(s.bytes());
+                    let (trace_id, id) = segment_ids(s.bytes());
                     crate::error!(
                         "Dropping segment: trace id {trace_id}, segment id {id}: X-Ray refused it ({detail})"
                     );

@@ -4,11 +4,13 @@ use std::io::Write;
 
 use parking_lot::Mutex;
 
-use super::client::XrayClient;
-use super::encode::{Unprocessed, error_type, parse_put_response, put_trace_segments_body};
 use super::retry::status_is_retryable;
+use crate::aws::error_type::error_type;
 use crate::batch::Batch;
 use crate::stats::BackendError;
+use crate::telemetry::Transport;
+use crate::xray::client::XrayClient;
+use crate::xray::segments::{Unprocessed, parse_put_response, put_trace_segments_body};
 
 /// What became of one attempt to deliver a batch.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,7 +42,7 @@ impl Sink for XraySink {
     fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery {
         scratch.clear();
         put_trace_segments_body(batch.segments.iter().map(|s| s.bytes()), scratch);
-        match self.client.post("/TraceSegments", scratch) {
+        match self.client.put_trace_segments(scratch) {
             Ok(answer) => judge(answer.status, answer.error_type.as_deref(), &answer.body),
             Err(e) if e.retryable => Delivery::Retry {
                 class: e.class,
@@ -51,6 +53,13 @@ impl Sink for XraySink {
                 detail: e.detail,
             },
         }
+    }
+}
+
+/// Telemetry goes to the same X-Ray client as the segments.
+impl Transport for XraySink {
+    fn put_telemetry_records(&self, body: &[u8]) -> Result<(), String> {
+        self.client.put_telemetry_records(body)
     }
 }
 

@@ -1,28 +1,40 @@
-//! A signed, keep-alive HTTP client for X-Ray's API (uploads now; telemetry and the sampling proxy
-//! use the same client).
+//! A signed, keep-alive HTTP client for one AWS JSON API (X-Ray's uploads, telemetry and sampling
+//! calls go through it): SigV4-signed POSTs, whole answers read with their status, error type and
+//! `Content-Type`, host lookups cached ([`super::dns`]), and the signing clock corrected from the
+//! service's `Date` when it refuses a request as signed at the wrong time.
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use ureq::unversioned::resolver::{DefaultResolver, Resolver};
+use ureq::unversioned::resolver::Resolver;
 use ureq::unversioned::transport::DefaultConnector;
 
+use super::credentials::ProvideCredentials;
 use super::dns::CachingResolver;
-use crate::aws::credentials::ProvideCredentials;
-use crate::aws::sigv4::{Scope, correct_clock, sign_headers, signing_time};
+use super::error_type::error_type;
+use super::http::authority;
+use super::sigv4::{Scope, correct_clock, sign_headers, signing_time};
 use crate::stats::BackendError;
+
+/// A header carrying the signing time: its name, and how to write the time.
+pub type TimeHeader = (&'static str, fn(SystemTime) -> String);
 
 /// Client settings.
 #[derive(Clone)]
-pub struct ClientConfig {
+pub struct SignedConfig {
     /// Base URL, e.g. `https://xray.us-east-1.amazonaws.com` (no trailing slash).
     pub endpoint: String,
-    /// Signing region.
-    pub region: String,
+    /// Signing region and service.
+    pub scope: Scope,
+    /// The service as named in log lines (`X-Ray`).
+    pub service_name: &'static str,
+    /// A header carrying the signing time, sent and signed with every request, and how to write
+    /// it (X-Ray's `x-amzn-xray-timestamp`).
+    pub time_header: Option<TimeHeader>,
     /// Full `User-Agent` value.
     pub user_agent: String,
-    /// Whole-call timeout.
+    /// Timeout of each phase of a call (connect, send, answer).
     pub timeout: Duration,
     /// Outbound HTTPS proxy, if any.
     pub proxy: Option<String>,
@@ -32,13 +44,13 @@ pub struct ClientConfig {
     pub no_verify_ssl: bool,
 }
 
-/// An answer from X-Ray (any status).
+/// An answer from the service (any status).
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     /// `x-amzn-ErrorType` header, if present.
     pub error_type: Option<String>,
-    /// `Content-Type` header, if present.
+    /// `Content-Type` header, if present (relayed as is by the sampling proxy).
     pub content_type: Option<String>,
     pub body: Vec<u8>,
 }
@@ -54,31 +66,25 @@ pub struct CallError {
 }
 
 /// The client. Cheap to share between threads.
-pub struct XrayClient {
+pub struct SignedClient {
     agent: ureq::Agent,
     endpoint: String,
     host: String,
     scope: Scope,
+    service_name: &'static str,
+    time_header: Option<TimeHeader>,
     user_agent: String,
     credentials: Arc<dyn ProvideCredentials>,
 }
 
-/// Largest answer body read (X-Ray's answers are small).
+/// Largest answer body read (the answers of the APIs called are small).
 const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
 
-impl XrayClient {
-    /// Builds the client; fails on an unusable endpoint or proxy.
+impl SignedClient {
+    /// Builds the client, looking hosts up through `resolver` under the cache; fails on an
+    /// unusable endpoint or proxy.
     pub fn new(
-        cfg: &ClientConfig,
-        credentials: Arc<dyn ProvideCredentials>,
-    ) -> Result<Self, String> {
-        Self::with_resolver(cfg, credentials, DefaultResolver::default())
-    }
-
-    /// [`XrayClient::new`] with another host lookup under the cache (tests point names at
-    /// loopback with it).
-    pub fn with_resolver(
-        cfg: &ClientConfig,
+        cfg: &SignedConfig,
         credentials: Arc<dyn ProvideCredentials>,
         resolver: impl Resolver,
     ) -> Result<Self, String> {
@@ -112,14 +118,13 @@ impl XrayClient {
             DefaultConnector::default(),
             CachingResolver::new(resolver),
         );
-        Ok(XrayClient {
+        Ok(SignedClient {
             agent,
             endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
             host,
-            scope: Scope {
-                region: cfg.region.clone(),
-                service: "xray",
-            },
+            scope: cfg.scope.clone(),
+            service_name: cfg.service_name,
+            time_header: cfg.time_header,
             user_agent: cfg.user_agent.clone(),
             credentials,
         })
@@ -130,9 +135,9 @@ impl XrayClient {
         &self.endpoint
     }
 
-    /// Signs and POSTs `body` to `path` (e.g. `/TraceSegments`) and reads the whole answer. An
-    /// answer refusing the request as signed at the wrong time corrects the signing clock from
-    /// its `Date` header, and the request is signed and sent once more at once.
+    /// Signs and POSTs the JSON `body` to `path` (e.g. `/TraceSegments`) and reads the whole
+    /// answer. An answer refusing the request as signed at the wrong time corrects the signing
+    /// clock from its `Date` header, and the request is signed and sent once more at once.
     pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, CallError> {
         let (answer, date) = self.post_once(path, body)?;
         let Some(date) = date.filter(|_| is_clock_skew(&answer)) else {
@@ -143,7 +148,8 @@ impl XrayClient {
         };
         if news {
             crate::warn!(
-                "X-Ray refused a request as signed at the wrong time: its clock is {} seconds {} ours; signing with the corrected time",
+                "{} refused a request as signed at the wrong time: its clock is {} seconds {} ours; signing with the corrected time",
+                self.service_name,
                 offset.abs(),
                 if offset >= 0 { "ahead of" } else { "behind" }
             );
@@ -160,12 +166,14 @@ impl XrayClient {
         })?;
         let url = format!("{}{}", self.endpoint, path);
         let now = signing_time();
-        let timestamp = xray_timestamp(now);
-        let signed_input = [
+        let stamp = self.time_header.map(|(name, write)| (name, write(now)));
+        let mut signed_input = vec![
             ("host", self.host.as_str()),
             ("content-type", "application/json"),
-            ("x-amzn-xray-timestamp", timestamp.as_str()),
         ];
+        if let Some((name, value)) = &stamp {
+            signed_input.push((name, value.as_str()));
+        }
         let auth = sign_headers("POST", &url, &signed_input, body, &creds, &self.scope, now)
             .map_err(|e| CallError {
                 class: BackendError::Other,
@@ -175,9 +183,11 @@ impl XrayClient {
         let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/json")
-            .header("x-amzn-xray-timestamp", timestamp.as_str())
-            .header("user-agent", self.user_agent.as_str());
+            .header("content-type", "application/json");
+        if let Some((name, value)) = &stamp {
+            req = req.header(*name, value.as_str());
+        }
+        req = req.header("user-agent", self.user_agent.as_str());
         for (name, value) in &auth {
             req = req.header(*name, value.as_str());
         }
@@ -216,7 +226,7 @@ pub fn is_clock_skew(answer: &Answer) -> bool {
     if !matches!(answer.status, 400 | 401 | 403) {
         return false;
     }
-    let kind = super::encode::error_type(answer.error_type.as_deref(), &answer.body);
+    let kind = error_type(answer.error_type.as_deref(), &answer.body);
     match kind.as_deref() {
         Some("RequestTimeTooSkewed" | "RequestExpired") => true,
         Some("InvalidSignatureException") => answer
@@ -252,52 +262,9 @@ fn is_resolution_failure(e: &io::Error) -> bool {
     s.contains("failed to lookup address") || s.contains("Name or service not known")
 }
 
-/// `X-Amzn-Xray-Timestamp`: Unix seconds with 9 decimals.
-pub fn xray_timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-/// `host[:port]` of a URL, without a default port (what an HTTP client sends as `Host`).
-pub fn authority(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let auth = auth.rsplit('@').next()?;
-    if auth.is_empty() {
-        return None;
-    }
-    let default = match scheme {
-        "https" => ":443",
-        "http" => ":80",
-        _ => "",
-    };
-    Some(
-        auth.strip_suffix(default)
-            .filter(|_| !default.is_empty())
-            .unwrap_or(auth)
-            .to_string(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authority_drops_default_ports_only() {
-        assert_eq!(
-            authority("https://xray.us-east-1.amazonaws.com").as_deref(),
-            Some("xray.us-east-1.amazonaws.com")
-        );
-        assert_eq!(authority("https://h:443/x").as_deref(), Some("h"));
-        assert_eq!(
-            authority("http://127.0.0.1:4566/").as_deref(),
-            Some("127.0.0.1:4566")
-        );
-        assert_eq!(authority("http://[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(authority("nope"), None);
-        assert_eq!(authority("http:///path"), None);
-    }
 
     #[test]
     fn recognises_clock_skew_answers() {
@@ -320,11 +287,5 @@ mod tests {
             r#"{"message":"The request signature we calculated does not match"}"#
         )));
         assert!(!is_clock_skew(&answer(503, "RequestTimeTooSkewed", "")));
-    }
-
-    #[test]
-    fn timestamp_has_nine_decimals() {
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
-        assert_eq!(xray_timestamp(t), "1700000000.000000005");
     }
 }

@@ -1,4 +1,4 @@
-//! A caching resolver for the X-Ray client.
+//! A caching resolver for the signed AWS client ([`super::signed`]) that talks to X-Ray.
 //!
 //! The HTTP client looks up the host before every request, even when it then reuses a pooled
 //! connection. For `xray.<region>.amazonaws.com` that is a blocking `getaddrinfo` per upload: with
