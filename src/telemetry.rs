@@ -360,8 +360,8 @@ impl Telemetry {
 mod tests {
     use super::*;
     use crate::ingest::datagram::Rejection;
-    use parking_lot::Mutex;
     use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Mutex, PoisonError};
 
     fn record(n: u64) -> Record {
         Record {
@@ -442,6 +442,7 @@ mod tests {
             }
             self.bodies
                 .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .push(String::from_utf8(body.to_vec()).unwrap());
             Ok(())
         }
@@ -463,7 +464,10 @@ mod tests {
         );
         rep.tick(SystemTime::now());
         assert!(
-            fake.bodies.lock().is_empty(),
+            fake.bodies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
             "nothing before the first datagram"
         );
         stats.received.fetch_add(3, Relaxed);
@@ -476,7 +480,7 @@ mod tests {
         fake.fail.store(false, Relaxed);
         rep.tick(SystemTime::now());
         assert_eq!(rep.pending(), 0);
-        let bodies = fake.bodies.lock();
+        let bodies = fake.bodies.lock().unwrap_or_else(PoisonError::into_inner);
         assert_eq!(bodies.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
         let counts: Vec<u64> = v["TelemetryRecords"]

@@ -8,10 +8,8 @@
 //! that says why (never a secret).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-
-use parking_lot::{Condvar, Mutex};
 
 use super::credentials::{Credentials, CredentialsError, ProvideCredentials, redacted_key_id};
 use super::fetch::FetchCredentials;
@@ -92,7 +90,11 @@ pub struct CachingProvider {
 
 impl fmt::Debug for CachingProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.shared.state.lock();
+        let st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("CachingProvider")
             .field("source", &self.name)
             .field("description", &self.shared.description)
@@ -151,14 +153,15 @@ impl CachingProvider {
     /// it has.
     pub fn wait_until_ready(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut st = self.shared.state.lock();
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         while st.attempts == 0 {
-            if self
-                .shared
-                .changed
-                .wait_until(&mut st, deadline)
-                .timed_out()
-            {
+            let timed_out;
+            (st, timed_out) = wait_until(&self.shared.changed, st, deadline);
+            if timed_out {
                 return st.attempts > 0;
             }
         }
@@ -168,14 +171,15 @@ impl CachingProvider {
     /// Waits (at most `timeout`) until at least `n` fetches have succeeded; true if they have.
     pub fn wait_for_successes(&self, n: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut st = self.shared.state.lock();
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         while st.successes < n {
-            if self
-                .shared
-                .changed
-                .wait_until(&mut st, deadline)
-                .timed_out()
-            {
+            let timed_out;
+            (st, timed_out) = wait_until(&self.shared.changed, st, deadline);
+            if timed_out {
                 return st.successes >= n;
             }
         }
@@ -184,7 +188,11 @@ impl CachingProvider {
 
     /// Fetches finished so far (successful or not) and successful ones.
     pub fn fetch_counts(&self) -> (u64, u64) {
-        let st = self.shared.state.lock();
+        let st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         (st.attempts, st.successes)
     }
 
@@ -196,14 +204,22 @@ impl CachingProvider {
 
 impl Drop for CachingProvider {
     fn drop(&mut self) {
-        self.shared.state.lock().stop = true;
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
         self.shared.changed.notify_all();
     }
 }
 
 impl ProvideCredentials for CachingProvider {
     fn credentials(&self) -> Result<Credentials, CredentialsError> {
-        let st = self.shared.state.lock();
+        let st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = SystemTime::now();
         let desc = &self.shared.description;
         match &st.creds {
@@ -231,12 +247,28 @@ impl ProvideCredentials for CachingProvider {
     }
 }
 
+/// Waits on `cv` until notified or `deadline`; true when the deadline has passed.
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Instant,
+) -> (MutexGuard<'a, T>, bool) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return (guard, true);
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, left)
+        .unwrap_or_else(PoisonError::into_inner);
+    (guard, Instant::now() >= deadline)
+}
+
 fn refresh_loop(shared: &Shared) {
     loop {
         let result = shared.fetcher.fetch();
         let now = SystemTime::now();
         let desc = &shared.description;
-        let mut st = shared.state.lock();
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.stop {
             return;
         }
@@ -303,18 +335,25 @@ fn refresh_loop(shared: &Shared) {
         // Logged outside the lock, so a slow log destination never delays `credentials()`.
         crate::log::write(line.0, format_args!("{}", line.1));
         let deadline = next.map(|d| Instant::now() + d);
-        let mut st = shared.state.lock();
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if st.stop {
                 return;
             }
             match deadline {
                 Some(d) => {
-                    if shared.changed.wait_until(&mut st, d).timed_out() {
+                    let timed_out;
+                    (st, timed_out) = wait_until(&shared.changed, st, d);
+                    if timed_out {
                         break;
                     }
                 }
-                None => shared.changed.wait(&mut st),
+                None => {
+                    st = shared
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
             }
         }
         if st.stop {

@@ -8,9 +8,9 @@
 //! last good answer is used for up to [`STALE_LIMIT`] (looked up again every [`RETRY`]).
 
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
@@ -71,7 +71,7 @@ impl<R: Resolver> CachingResolver<R> {
                 .position(|e| e.scheme == scheme && e.authority == authority)
         };
         {
-            let entries = self.entries.lock();
+            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(i) = find(&entries)
                 && now < entries[i].next_check
             {
@@ -80,7 +80,7 @@ impl<R: Resolver> CachingResolver<R> {
         }
         // Looked up without the lock: a slow DNS server must not hold up other hosts.
         let result = self.inner.resolve(uri, config, timeout);
-        let mut entries = self.entries.lock();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let found = find(&entries);
         match (result, found) {
             (Ok(addrs), Some(i)) => {
@@ -258,7 +258,13 @@ mod tests {
             let uri = format!("https://h{i}.example/");
             lookup(&r, &uri, t + Duration::from_secs(i.into())).unwrap();
         }
-        assert_eq!(r.entries.lock().len(), MAX_HOSTS);
+        assert_eq!(
+            r.entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            MAX_HOSTS
+        );
         // The most recent host is still cached; the first was forgotten.
         let before = r.inner.lookups.load(Relaxed);
         let last = format!("https://h{}.example/", MAX_HOSTS + 3);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use super::credentials::{Credentials, CredentialsError};
 use super::fetch::{FetchCredentials, parse_expiration};
@@ -352,7 +352,10 @@ impl AssumeRoleFetch {
 impl FetchCredentials for AssumeRoleFetch {
     fn fetch(&self) -> Result<Credentials, CredentialsError> {
         let cached = {
-            let memo = self.base_memo.lock();
+            let memo = self
+                .base_memo
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             memo.clone().filter(|c| {
                 c.expiry()
                     .is_none_or(|e| e > SystemTime::now() + self.base_margin)
@@ -367,14 +370,20 @@ impl FetchCredentials for AssumeRoleFetch {
                         self.role.role_arn
                     ))
                 })?;
-                *self.base_memo.lock() = Some(c.clone());
+                *self
+                    .base_memo
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
                 c
             }
         };
         let result = self.sts.assume_role(&base, &self.role);
         if result.is_err() {
             // The base credentials may have been revoked: fetch them again next time.
-            *self.base_memo.lock() = None;
+            *self
+                .base_memo
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
         result
     }

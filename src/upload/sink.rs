@@ -1,8 +1,7 @@
 //! Where batches go: X-Ray's PutTraceSegments, or the local sink (JSON lines, no AWS needed).
 
 use std::io::Write;
-
-use parking_lot::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use super::retry::status_is_retryable;
 use crate::aws::error_type::error_type;
@@ -137,7 +136,7 @@ impl Sink for LocalSink {
             );
             scratch.push(b'\n');
         }
-        let mut out = self.out.lock();
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         match out.write_all(scratch).and_then(|_| out.flush()) {
             Ok(()) => Delivery::Delivered {
                 unprocessed: Vec::new(),
@@ -211,7 +210,10 @@ mod tests {
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(b);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -234,6 +236,9 @@ mod tests {
                 unprocessed: vec![]
             }
         );
-        assert_eq!(&*buf.0.lock(), b"{\"a\":1}\n{ \"b\":\"x\\ny\"  }\n");
+        assert_eq!(
+            &*buf.0.lock().unwrap_or_else(PoisonError::into_inner),
+            b"{\"a\":1}\n{ \"b\":\"x\\ny\"  }\n"
+        );
     }
 }
