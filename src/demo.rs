@@ -8,6 +8,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::args::{self, Flag, options_help};
+use crate::config::flags::USAGE_WIDTH;
+
 /// Where the demo segment goes unless `--address` says otherwise: the daemon's default `-b`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:2000";
 
@@ -78,37 +81,44 @@ fn random_words() -> [u64; 3] {
     words
 }
 
-const USAGE: &str = "Usage: xrayd demo [--address HOST:PORT]\n\n\
-Sends one current demo segment over UDP, as an X-Ray SDK does, and prints its trace id.\n\n  \
---address HOST:PORT  where the daemon listens for segments (-b). Default: 127.0.0.1:2000\n";
+/// `xrayd demo`'s flags.
+const FLAGS: &[Flag] = &[
+    Flag::value(
+        "address",
+        "HOST:PORT",
+        "Where the daemon listens for segments (its -b). Default: 127.0.0.1:2000.",
+    )
+    .short("a"),
+    Flag::switch("help", "Print this help and exit.").short("h"),
+];
+
+fn usage() -> String {
+    format!(
+        "Usage: xrayd demo [--address HOST:PORT]\n\n\
+         Sends one current demo segment over UDP, as an X-Ray SDK does, and prints its ids.\n\n{}",
+        options_help(FLAGS, USAGE_WIDTH)
+    )
+}
 
 /// `xrayd demo [--address HOST:PORT]`; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
-    let mut address = DEFAULT_ADDRESS.to_string();
-    let mut rest = args.iter().skip(1);
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return 0;
-            }
-            "--address" | "-a" => match rest.next() {
-                Some(v) => address = v.clone(),
-                None => {
-                    eprintln!("{arg} needs a value\n{USAGE}");
-                    return 2;
-                }
-            },
-            other => match other.strip_prefix("--address=") {
-                Some(v) => address = v.to_string(),
-                None => {
-                    eprintln!("unknown argument: {other}\n{USAGE}");
-                    return 2;
-                }
-            },
+    let parsed = match args::parse(FLAGS, args.into_iter().skip(1)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}\n{}", e.0, usage());
+            return 2;
         }
+    };
+    if parsed.is_set("help") {
+        print!("{}", usage());
+        return 0;
     }
-    match send(&address) {
+    if let Some(extra) = parsed.rest.first() {
+        eprintln!("unexpected argument: {extra}\n{}", usage());
+        return 2;
+    }
+    let address = parsed.get("address").unwrap_or(DEFAULT_ADDRESS);
+    match send(address) {
         Ok(ids) => {
             println!(
                 "Sent a demo segment ({DEMO_NAME}) to {address}: trace id {}, segment id {}",
@@ -205,6 +215,21 @@ mod tests {
         let got = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(got.starts_with(HEADER), "{got}");
         assert!(got.contains(&ids.id), "{got}");
+    }
+
+    #[test]
+    fn help_fits_the_width_and_flags_are_checked() {
+        assert!(
+            usage().lines().all(|l| l.len() <= USAGE_WIDTH),
+            "{}",
+            usage()
+        );
+        assert!(usage().contains("--address HOST:PORT"));
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(main(args(&["demo", "--bogus"])), 2);
+        assert_eq!(main(args(&["demo", "stray"])), 2);
+        assert_eq!(main(args(&["demo", "--address"])), 2);
+        assert_eq!(main(args(&["demo", "--address", "not an address"])), 1);
     }
 
     #[test]
