@@ -16,8 +16,9 @@ use simd_json::prelude::*;
 use xrayd::aws::credentials::Credentials;
 use xrayd::aws::sigv4::{Scope, sign_headers};
 use xrayd::batch::Batcher;
+use xrayd::budget::{EvictOldest, Stage};
 use xrayd::ingest::datagram::{Validator, Verdict};
-use xrayd::queue::{EvictOldest, Segment, bounded};
+use xrayd::queue::{Segment, bounded};
 use xrayd::stats::Stats;
 use xrayd::xray::segments::put_trace_segments_body;
 
@@ -138,7 +139,7 @@ fn validate(c: &mut Criterion) {
 struct NoOlder;
 
 impl EvictOldest for NoOlder {
-    fn evict_oldest(&self) -> Option<Segment> {
+    fn evict_oldest(&self, _: Stage) -> Option<Segment> {
         None
     }
 }
@@ -163,8 +164,7 @@ fn queue(c: &mut Criterion) {
                     black_box(writer.push(s));
                 }
                 for s in reader.rx.try_iter() {
-                    stats.release(1, s.cost());
-                    black_box(s);
+                    stats.ledger.release_segment(black_box(s));
                 }
             },
             BatchSize::SmallInput,
@@ -181,8 +181,8 @@ fn queue(c: &mut Criterion) {
         b.iter(|| {
             writer.push(Segment::new(black_box(&body)));
             let s = reader.rx.try_recv().unwrap();
-            stats.release(1, s.cost());
-            black_box(s)
+            black_box(&s);
+            stats.ledger.release_segment(s)
         })
     });
     drop((writer, reader));
@@ -208,8 +208,7 @@ fn queue(c: &mut Criterion) {
                 drop(writer);
                 // Ends when both producers are done and the ring is empty.
                 for s in reader.rx.iter() {
-                    stats.release(1, s.cost());
-                    black_box(s);
+                    stats.ledger.release_segment(black_box(s));
                 }
             });
             start.elapsed()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::budget::Charge;
 use crate::queue::{QueueReader, Segment};
 
 /// PutTraceSegments accepts at most 50 documents per call.
@@ -21,8 +22,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Batch {
     /// The documents, in arrival order.
     pub segments: Vec<Segment>,
-    /// Sum of the segments' budget costs.
-    pub cost: u64,
+    /// What the documents are charged to the budget: it moves with them when the batch is split
+    /// or a document evicted, and is released when the batch is delivered or dropped.
+    charge: Charge,
     /// When the first segment joined.
     pub opened: Instant,
 }
@@ -31,9 +33,20 @@ impl Batch {
     fn new(now: Instant) -> Self {
         Batch {
             segments: Vec::with_capacity(MAX_BATCH_SEGMENTS),
-            cost: 0,
+            charge: Charge::default(),
             opened: now,
         }
+    }
+
+    /// Sum of the documents' budget costs.
+    pub fn cost(&self) -> u64 {
+        self.charge.bytes()
+    }
+
+    /// Takes the batch's charge, to release it: its documents were delivered or dropped. The
+    /// batch is then charged nothing, so a second release releases nothing.
+    pub fn take_charge(&mut self) -> Charge {
+        self.charge.take()
     }
 
     /// Number of documents.
@@ -50,22 +63,22 @@ impl Batch {
     /// a batch opened at the same time.
     pub fn split_off(&mut self, at: usize) -> Batch {
         let segments = self.segments.split_off(at.min(self.segments.len()));
-        let cost = segments.iter().map(Segment::cost).sum();
-        self.cost -= cost;
+        let charge = self.charge.split(&segments);
         Batch {
             segments,
-            cost,
+            charge,
             opened: self.opened,
         }
     }
 
-    /// Removes and returns the oldest document (used when the budget must shrink).
+    /// Removes and returns the oldest document (used when the budget must shrink); its charge
+    /// leaves with it.
     pub fn pop_oldest(&mut self) -> Option<Segment> {
         if self.segments.is_empty() {
             return None;
         }
         let s = self.segments.remove(0);
-        self.cost -= s.cost();
+        let _leaves_with_it = self.charge.split(std::slice::from_ref(&s));
         Some(s)
     }
 }
@@ -96,7 +109,8 @@ impl Batcher {
     /// Adds a segment; returns the batch it completed, if any.
     pub fn push(&mut self, segment: Segment, now: Instant) -> Option<Batch> {
         let batch = self.open.get_or_insert_with(|| Batch::new(now));
-        batch.cost += segment.cost();
+        // The segment brings the charge it carried in the ring.
+        batch.charge.add(&segment);
         batch.segments.push(segment);
         if batch.segments.len() >= self.max {
             return self.open.take();
@@ -183,7 +197,7 @@ mod tests {
         assert_eq!(full.len(), 50);
         assert_eq!(full.segments[0], seg(0));
         assert_eq!(
-            full.cost,
+            full.cost(),
             full.segments.iter().map(Segment::cost).sum::<u64>()
         );
         assert!(b.deadline().is_none());
@@ -215,10 +229,10 @@ mod tests {
         b.push(seg(22), t0);
         let mut batch = b.push(seg(333), t0).unwrap();
         assert_eq!(batch.pop_oldest(), Some(seg(1)));
-        assert_eq!(batch.cost, seg(22).cost() + seg(333).cost());
+        assert_eq!(batch.cost(), seg(22).cost() + seg(333).cost());
         assert_eq!(batch.pop_oldest(), Some(seg(22)));
         assert_eq!(batch.segments, vec![seg(333)]);
-        assert_eq!(batch.cost, seg(333).cost());
+        assert_eq!(batch.cost(), seg(333).cost());
     }
 
     #[test]
@@ -230,9 +244,9 @@ mod tests {
         let mut head = b.push(seg(333), t0).unwrap();
         let tail = head.split_off(1);
         assert_eq!(head.segments, vec![seg(1)]);
-        assert_eq!(head.cost, seg(1).cost());
+        assert_eq!(head.cost(), seg(1).cost());
         assert_eq!(tail.segments, vec![seg(22), seg(333)]);
-        assert_eq!(tail.cost, seg(22).cost() + seg(333).cost());
+        assert_eq!(tail.cost(), seg(22).cost() + seg(333).cost());
         assert_eq!(tail.opened, head.opened);
         let mut h = head;
         assert!(h.split_off(5).is_empty());
@@ -243,8 +257,8 @@ mod tests {
     fn run_drains_everything_then_stops() {
         let stats = std::sync::Arc::new(crate::stats::Stats::default());
         struct NoOlder;
-        impl crate::queue::EvictOldest for NoOlder {
-            fn evict_oldest(&self) -> Option<Segment> {
+        impl crate::budget::EvictOldest for NoOlder {
+            fn evict_oldest(&self, _: crate::budget::Stage) -> Option<Segment> {
                 None
             }
         }

@@ -1,4 +1,5 @@
-//! Wires the pipeline together and runs it until a shutdown signal: ingest → queue → batch → upload.
+//! Wires the pipeline together and runs it until a shutdown signal: ingest → queue/budget → batch →
+//! upload.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -259,7 +260,7 @@ pub fn run(s: Settings, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     if done_rx.recv_deadline(deadline).is_err() {
         // Queued, awaiting retry, or in flight with an unknown outcome: all counted as dropped,
         // and a late answer to an in-flight call is not counted again.
-        let left = stats.abandon_held();
+        let left = stats.ledger.abandon(&stats.dropped_at_shutdown);
         crate::warn!(
             "Shutdown timeout of {:.1} seconds reached: dropped {left} segments that were still buffered or in flight",
             s.shutdown_timeout.as_secs_f64()

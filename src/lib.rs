@@ -17,6 +17,7 @@
 pub mod aws;
 pub mod batch;
 pub mod bench;
+pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod demo;

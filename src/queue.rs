@@ -1,21 +1,17 @@
-//! The queue between ingest and batching, and the byte budget that covers everything held.
+//! The queue between ingest and batching, and the segment that travels through the pipeline.
 //!
 //! Ingest pushes segments into a lock-free bounded ring (a crossbeam array channel); the batcher
-//! drains it. Every held segment is charged to [`Stats::bytes_held`] from the moment it is queued
-//! until it is delivered or dropped, so the budget covers what is queued, batched, in flight and
-//! awaiting retry. A push that would exceed the budget first drops the **oldest** held segments
-//! (batches awaiting upload or retry, then the ring's head), counted as spillover. Large request
-//! bodies being sent ([`Stats::body_bytes`]) count against the budget too.
+//! drains it. A push asks the [`crate::budget`] first: it charges the segment, or makes room by
+//! evicting the oldest held segments (this ring's head among them), or refuses it.
+//! The ring also has a fixed number of slots; when they are all taken, its oldest segment makes
+//! way (spillover too).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::budget::{Budget, EvictOldest, Stage};
 use crate::stats::Stats;
-
-/// Bytes charged per segment on top of its body: the allocation's bookkeeping and the ring slot.
-pub const SEGMENT_OVERHEAD: u64 = 48;
 
 /// Most bytes of segments that share one allocation ([`Segment::copy_shared`]): a segment held
 /// long (awaiting a retry) keeps at most this much of its neighbours' memory alive.
@@ -80,7 +76,7 @@ impl Segment {
 
     /// What holding this segment costs against the budget.
     pub fn cost(&self) -> u64 {
-        u64::from(self.end - self.start) + SEGMENT_OVERHEAD
+        crate::budget::segment_cost((self.end - self.start) as usize)
     }
 }
 
@@ -100,25 +96,30 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-/// A place that holds segments within the budget and can give up its oldest one.
-pub trait EvictOldest: Send + Sync {
-    /// Removes and returns the oldest segment held here, if any. The caller accounts for it.
-    fn evict_oldest(&self) -> Option<Segment>;
-}
-
 /// Producer side: admits segments within the budget.
 #[derive(Clone)]
 pub struct QueueWriter {
     tx: Sender<Segment>,
-    rx: Receiver<Segment>,
-    budget: u64,
-    stats: Arc<Stats>,
-    older: Arc<dyn EvictOldest>,
+    ring: Ring,
+    budget: Budget,
 }
 
 /// Consumer side, owned by the batcher.
 pub struct QueueReader {
     pub rx: Receiver<Segment>,
+}
+
+/// The ring seen from the budget: its head is the oldest queued segment.
+#[derive(Clone)]
+struct Ring(Receiver<Segment>);
+
+impl EvictOldest for Ring {
+    fn evict_oldest(&self, stage: Stage) -> Option<Segment> {
+        match stage {
+            Stage::Queued => self.0.try_recv().ok(),
+            Stage::Retry | Stage::Fresh => None,
+        }
+    }
 }
 
 /// Creates the ring with room for `slots` segments and a budget of `budget` bytes. `older` is where
@@ -133,10 +134,8 @@ pub fn bounded(
     (
         QueueWriter {
             tx,
-            rx: rx.clone(),
-            budget,
-            stats,
-            older,
+            ring: Ring(rx.clone()),
+            budget: Budget::new(budget, stats, older),
         },
         QueueReader { rx },
     )
@@ -152,29 +151,11 @@ pub enum Admission {
 }
 
 impl QueueWriter {
-    /// Queues a segment, dropping the oldest held segments if the budget requires it.
+    /// Queues a segment if the budget admits it (dropping the oldest held segments if it must).
     pub fn push(&self, segment: Segment) -> Admission {
-        let cost = segment.cost();
-        let mut evicted = 0;
-        while self.stats.bytes_held.load(Relaxed) + self.stats.body_bytes.load(Relaxed) + cost
-            > self.budget
-        {
-            match self
-                .older
-                .evict_oldest()
-                .or_else(|| self.rx.try_recv().ok())
-            {
-                Some(old) => {
-                    self.drop_held(&old);
-                    evicted += 1;
-                }
-                None => {
-                    self.stats.spillover.fetch_add(1, Relaxed);
-                    return Admission::Dropped;
-                }
-            }
-        }
-        self.stats.hold(1, cost);
+        let Some(mut evicted) = self.budget.admit(&segment, &self.ring) else {
+            return Admission::Dropped;
+        };
         let mut segment = segment;
         loop {
             match self.tx.try_send(segment) {
@@ -182,38 +163,39 @@ impl QueueWriter {
                 Err(TrySendError::Full(back)) => {
                     // The ring is full by count: the oldest queued segment makes way.
                     segment = back;
-                    if let Ok(old) = self.rx.try_recv() {
-                        self.drop_held(&old);
+                    if let Some(old) = self.ring.evict_oldest(Stage::Queued) {
+                        self.budget.spill(old);
                         evicted += 1;
                     }
                 }
                 Err(TrySendError::Disconnected(back)) => {
                     // The batcher is gone (shutdown): this segment cannot be delivered.
-                    self.stats.release(1, back.cost());
-                    self.stats.dropped_at_shutdown.fetch_add(1, Relaxed);
+                    self.budget.undeliverable(back);
                     return Admission::Dropped;
                 }
             }
         }
-    }
-
-    fn drop_held(&self, old: &Segment) {
-        self.stats.release(1, old.cost());
-        self.stats.spillover.fetch_add(1, Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
+    use crate::budget::{BodyAllowance, SEGMENT_OVERHEAD};
     use std::collections::VecDeque;
+    use std::sync::Mutex;
 
+    /// Batches waiting for their first upload, as one list of segments.
     #[derive(Default)]
     struct Older(Mutex<VecDeque<Segment>>);
+    impl Older {
+        fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Segment>> {
+            self.0.lock().unwrap()
+        }
+    }
     impl EvictOldest for Older {
-        fn evict_oldest(&self) -> Option<Segment> {
-            self.0.lock().pop_front()
+        fn evict_oldest(&self, stage: Stage) -> Option<Segment> {
+            (stage == Stage::Fresh).then(|| self.lock().pop_front())?
         }
     }
 
@@ -243,16 +225,16 @@ mod tests {
         let older = Arc::new(Older::default());
         let cost = 100 + SEGMENT_OVERHEAD;
         // Two segments already batched (held elsewhere), charged to the budget.
-        older.0.lock().extend([seg(100, 100), seg(100, 101)]);
-        stats.hold(2, 2 * cost);
+        older.lock().extend([seg(100, 100), seg(100, 101)]);
+        let _batched = stats.ledger.hold_raw(2, 2 * cost);
         let (w, r) = bounded(16, 4 * cost, stats.clone(), older.clone());
         assert_eq!(w.push(seg(100, 0)), Admission::Queued { evicted: 0 });
         assert_eq!(w.push(seg(100, 1)), Admission::Queued { evicted: 0 });
         // Full: the next pushes evict the batched ones first, then the ring's head.
         assert_eq!(w.push(seg(100, 2)), Admission::Queued { evicted: 1 });
-        assert_eq!(older.0.lock().front().map(|s| s.bytes()[0]), Some(101));
+        assert_eq!(older.lock().front().map(|s| s.bytes()[0]), Some(101));
         assert_eq!(w.push(seg(100, 3)), Admission::Queued { evicted: 1 });
-        assert!(older.0.lock().is_empty());
+        assert!(older.lock().is_empty());
         assert_eq!(w.push(seg(100, 4)), Admission::Queued { evicted: 1 });
         let s = stats.snapshot();
         assert_eq!(s.spillover, 3);
@@ -267,9 +249,10 @@ mod tests {
         let older = Arc::new(Older::default());
         let cost = 100 + SEGMENT_OVERHEAD;
         let (w, _r) = bounded(16, 3 * cost, stats.clone(), older.clone());
-        older.0.lock().extend([seg(100, 0), seg(100, 1)]);
-        stats.hold(2, 2 * cost);
-        stats.body_bytes.store(cost, Relaxed);
+        older.lock().extend([seg(100, 0), seg(100, 1)]);
+        let _batched = stats.ledger.hold_raw(2, 2 * cost);
+        let bodies = BodyAllowance::new(1 << 20);
+        let _body = bodies.acquire(cost, &stats.ledger);
         assert_eq!(w.push(seg(100, 2)), Admission::Queued { evicted: 1 });
         assert_eq!(stats.snapshot().spillover, 1);
     }
@@ -290,7 +273,7 @@ mod tests {
     #[test]
     fn nothing_evictable_drops_the_newcomer() {
         let stats = Arc::new(Stats::default());
-        stats.hold(1, 900); // in flight, not evictable
+        let _in_flight = stats.ledger.hold_raw(1, 900); // not evictable
         let (w, _r) = bounded(16, 1000, stats.clone(), Arc::new(Older::default()));
         assert_eq!(w.push(seg(100, 1)), Admission::Dropped);
         let s = stats.snapshot();

@@ -2,7 +2,8 @@
 //!
 //! Ingest, the queue, the uploader and shutdown all report here; log summaries, the shutdown line,
 //! telemetry and metrics read from here, so they can never disagree. Counters are monotonic; gauges
-//! (bytes and segments held) go up and down.
+//! (bytes and segments held) go up and down. The budget's gauges are its [`Ledger`], kept here so
+//! that every stage reaches the same one; only the budget writes them.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -12,6 +13,8 @@ use std::sync::atomic::{
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use crate::budget::{Charge, Ledger};
 
 /// The counters of datagrams rejected at ingest, one per reason (ingest maps its own rejection
 /// reasons onto these: stats depends on no pipeline stage).
@@ -109,16 +112,9 @@ pub struct Stats {
     /// Batches X-Ray answered with 2xx.
     pub batches_sent: AtomicU64,
     backend_errors: [AtomicU64; 6],
-    /// Bytes currently held (queued, batched, in flight or awaiting retry), as charged to the budget.
-    pub bytes_held: AtomicU64,
-    /// Segments currently held.
-    pub segments_held: AtomicU64,
-    /// Bytes of large request bodies being encoded or sent, charged to the budget beside
-    /// [`Stats::bytes_held`] (see [`crate::upload::BodyAllowance`]).
-    pub body_bytes: AtomicU64,
-    /// True once the daemon gave up on what it still held at the shutdown deadline. Outcomes are
-    /// recorded under this lock, so a late answer is never counted on top of the drop.
-    settled: Mutex<bool>,
+    /// What the budget holds: bytes and segments (queued, batched, in flight or awaiting retry)
+    /// and large request bodies.
+    pub ledger: Ledger,
     /// Batches being delivered right now (between [`Stats::upload_started`] and
     /// [`Stats::upload_finished`]).
     pub batches_in_flight: AtomicU64,
@@ -201,25 +197,15 @@ impl Stats {
         self.retries.fetch_add(1, Release);
     }
 
-    /// Records that `bytes` in `segments` segments are now held.
-    pub fn hold(&self, segments: u64, bytes: u64) {
-        self.segments_held.fetch_add(segments, Relaxed);
-        self.bytes_held.fetch_add(bytes, Relaxed);
-    }
-
-    /// Records that `bytes` in `segments` segments are no longer held.
-    pub fn release(&self, segments: u64, bytes: u64) {
-        self.segments_held.fetch_sub(segments, Relaxed);
-        self.bytes_held.fetch_sub(bytes, Relaxed);
-    }
-
-    /// Records a batch X-Ray accepted: `segments` left the buffer, `unprocessed` of them were
-    /// returned unprocessed, the rest were sent. `sent` is written last (release) and read first
-    /// by [`Stats::snapshot`] (acquire), so a reader that sees a batch as sent also sees it out of
-    /// the buffer and counted in `batches_sent`: a scrape never shows it both held and sent.
-    pub fn delivered(&self, segments: u64, unprocessed: u64, bytes: u64) {
+    /// Records a batch X-Ray accepted: the segments `charge` covers left the buffer,
+    /// `unprocessed` of them were returned unprocessed, the rest were sent. `sent` is written last
+    /// (release) and read first by [`Stats::snapshot`] (acquire), so a reader that sees a batch as
+    /// sent also sees it out of the buffer and counted in `batches_sent`: a scrape never shows it
+    /// both held and sent.
+    pub fn delivered(&self, charge: Charge, unprocessed: u64) {
+        let segments = charge.segments();
         let unprocessed = unprocessed.min(segments);
-        self.release(segments, bytes);
+        self.ledger.release(charge);
         self.unprocessed.fetch_add(unprocessed, Relaxed);
         self.batches_sent.fetch_add(1, Relaxed);
         self.sent.fetch_add(segments - unprocessed, Release);
@@ -301,24 +287,6 @@ impl Stats {
             .collect()
     }
 
-    /// Locks the right to record the outcome of held segments; `None` once everything still held
-    /// was counted as dropped at shutdown ([`Stats::abandon_held`]).
-    pub fn record_outcome(&self) -> Option<parking_lot::MutexGuard<'_, bool>> {
-        let guard = self.settled.lock();
-        (!*guard).then_some(guard)
-    }
-
-    /// At the shutdown deadline: counts everything still held (queued, batched, awaiting retry,
-    /// or in flight with an unknown outcome) as dropped at shutdown, and returns how many.
-    pub fn abandon_held(&self) -> u64 {
-        let mut settled = self.settled.lock();
-        *settled = true;
-        let left = self.segments_held.swap(0, Relaxed);
-        self.bytes_held.store(0, Relaxed);
-        self.dropped_at_shutdown.fetch_add(left, Relaxed);
-        left
-    }
-
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
         // First: see `Stats::delivered` and `Stats::retrying`.
@@ -335,8 +303,8 @@ impl Stats {
             retries,
             batches_sent: self.batches_sent.load(Relaxed),
             backend_errors: std::array::from_fn(|i| self.backend_errors[i].load(Relaxed)),
-            bytes_held: self.bytes_held.load(Relaxed),
-            segments_held: self.segments_held.load(Relaxed),
+            bytes_held: self.ledger.bytes_held(),
+            segments_held: self.ledger.segments_held(),
         }
     }
 }
@@ -420,8 +388,8 @@ mod tests {
         s.add_backend_error(BackendError::Http5xx);
         s.add_backend_error(BackendError::Http5xx);
         s.add_backend_error(BackendError::UnknownHost);
-        s.hold(3, 300);
-        s.release(1, 100);
+        let _held = s.ledger.hold_raw(3, 300);
+        s.ledger.release(Charge::raw(1, 100));
         let snap = s.snapshot();
         assert_eq!(snap.rejected(RejectedCounter::BadJson), 2);
         assert_eq!(snap.rejected(RejectedCounter::BadHeader), 0);
@@ -439,9 +407,9 @@ mod tests {
     #[test]
     fn a_delivered_batch_leaves_the_buffer_and_counts_once() {
         let s = Stats::default();
-        s.hold(50, 50_000);
-        s.hold(1, 900);
-        s.delivered(50, 2, 50_000);
+        let batch = s.ledger.hold_raw(50, 50_000);
+        let _other = s.ledger.hold_raw(1, 900);
+        s.delivered(batch, 2);
         let snap = s.snapshot();
         assert_eq!(
             (
@@ -454,8 +422,8 @@ mod tests {
             (48, 2, 1, 1, 900)
         );
         // More unprocessed than the batch held cannot make `sent` wrap.
-        s.hold(3, 30);
-        s.delivered(3, 7, 30);
+        let batch = s.ledger.hold_raw(3, 30);
+        s.delivered(batch, 7);
         let snap = s.snapshot();
         assert_eq!((snap.sent, snap.unprocessed, snap.batches_sent), (48, 5, 2));
     }

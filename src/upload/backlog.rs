@@ -3,7 +3,8 @@
 //! Uploaders take the oldest retry that is due, else the oldest fresh batch. After a run of
 //! consecutive failures (X-Ray down or throttling hard) fresh batches also wait for the backoff, so
 //! an outage is not hammered. Everything here is still charged to the budget; when ingest needs room
-//! it takes the oldest segments from here first ([`EvictOldest`]).
+//! the budget takes the oldest segments of the retry list, then of the fresh batches, from here
+//! ([`EvictOldest`]).
 //!
 //! At shutdown [`Backlog::hurry`] makes every waiting retry due and opens the gate: the drain has
 //! a deadline, and a retry backed off past it would be dropped although X-Ray may well answer now.
@@ -21,7 +22,8 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
-use crate::queue::{EvictOldest, Segment};
+use crate::budget::{EvictOldest, Stage};
+use crate::queue::Segment;
 
 /// Consecutive failures after which fresh batches wait for the backoff too.
 pub const GATE_AFTER_FAILURES: u32 = 3;
@@ -279,22 +281,29 @@ fn next_wake(inner: &Inner) -> Option<Instant> {
 }
 
 impl EvictOldest for Backlog {
-    fn evict_oldest(&self) -> Option<Segment> {
+    /// The oldest segment of the batch first in the retry list (kept by age of data) or of the
+    /// oldest fresh batch.
+    fn evict_oldest(&self, stage: Stage) -> Option<Segment> {
         let mut inner = self.inner.lock();
-        // Batches awaiting retry hold the oldest data, then fresh batches in arrival order.
-        if let Some(p) = inner.retry.front_mut() {
-            let seg = p.batch.pop_oldest();
-            if p.batch.is_empty() {
-                inner.retry.pop_front();
+        match stage {
+            Stage::Retry => {
+                let p = inner.retry.front_mut()?;
+                let seg = p.batch.pop_oldest();
+                if p.batch.is_empty() {
+                    inner.retry.pop_front();
+                }
+                seg
             }
-            return seg;
+            Stage::Fresh => {
+                let b = inner.fresh.front_mut()?;
+                let seg = b.pop_oldest();
+                if b.is_empty() {
+                    inner.fresh.pop_front();
+                }
+                seg
+            }
+            Stage::Queued => None,
         }
-        let b = inner.fresh.front_mut()?;
-        let seg = b.pop_oldest();
-        if b.is_empty() {
-            inner.fresh.pop_front();
-        }
-        seg
     }
 }
 
@@ -557,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_takes_retry_data_first_then_fresh_oldest_first() {
+    fn each_list_gives_up_its_oldest_segment() {
         let bl = Backlog::new();
         bl.push_fresh(batch(&[1, 2]));
         let p = bl.take().unwrap();
@@ -571,10 +580,17 @@ mod tests {
             later,
         );
         bl.push_fresh(batch(&[3, 4]));
-        let order: Vec<u8> = std::iter::from_fn(|| bl.evict_oldest())
-            .map(|s| s.bytes()[0])
-            .collect();
-        assert_eq!(order, vec![1, 2, 3, 4]);
+        bl.push_fresh(batch(&[5]));
+        let oldest = |stage| bl.evict_oldest(stage).map(|s| s.bytes()[0]);
+        assert_eq!(oldest(Stage::Queued), None, "nothing of the ring is here");
+        assert_eq!(oldest(Stage::Fresh), Some(3));
+        assert_eq!(oldest(Stage::Retry), Some(1));
+        assert_eq!(oldest(Stage::Fresh), Some(4));
+        assert_eq!(bl.counts(), (1, 1, 0));
+        assert_eq!(oldest(Stage::Retry), Some(2));
+        assert_eq!(oldest(Stage::Retry), None);
+        assert_eq!(oldest(Stage::Fresh), Some(5));
+        assert_eq!(oldest(Stage::Fresh), None);
         assert_eq!(bl.counts(), (0, 0, 0));
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! The request body is the batch once more, escaped (up to twice its size, more for control
 //! bytes): 50 segments of 60 KB would make a 3 to 6.5 MB body per uploader. So a batch whose body
-//! would exceed [`MAX_BODY`] goes in several requests; large bodies share a fixed
+//! would exceed [`MAX_BODY`] goes in several requests; large bodies share the budget's fixed
 //! [`BODY_ALLOWANCE`] (uploaders wait for room, one body always may go) and are charged to the
 //! budget while they exist; an uploader gives its buffer back after a large request; and large
 //! buffers come straight from the kernel and return to it (see [`tune_allocator`]). Batches of
@@ -20,13 +20,14 @@ pub mod sink;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Once};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use backlog::{Backlog, Pending};
 use retry::{Backoff, Jitter};
 use sink::{Delivery, Sink};
 
+use crate::budget::{BODY_ALLOWANCE, BODY_ALLOWANCE_BYTES};
 use crate::log::Throttle;
 use crate::stats::Stats;
 use crate::xray::segments::segment_ids;
@@ -49,7 +50,7 @@ impl Uploader {
         let mut jitter = Jitter::new(salt);
         let mut freed = 0;
         while let Some(pending) = self.backlog.take() {
-            freed += pending.batch.cost;
+            freed += pending.batch.cost();
             self.attempt(pending, &mut scratch, &mut jitter);
             // Once much has been freed and the work is done, give the memory back.
             if freed > TRIM_AFTER_BYTES && self.backlog.is_empty() {
@@ -85,13 +86,13 @@ impl Uploader {
 
     fn attempt(&self, mut p: Pending, scratch: &mut Vec<u8>, jitter: &mut Jitter) {
         let started = Instant::now();
-        if body_estimate(p.batch.cost) > MAX_BODY {
+        if body_estimate(p.batch.cost()) > MAX_BODY {
             self.send_rest_later(&mut p);
         }
         let n = p.batch.len() as u64;
         self.stats.upload_started();
-        let body = body_estimate(p.batch.cost);
-        let permit = (body > SMALL_BODY).then(|| BODIES.acquire(body, &self.stats));
+        let body = body_estimate(p.batch.cost());
+        let permit = (body > SMALL_BODY).then(|| BODY_ALLOWANCE.acquire(body, &self.stats.ledger));
         let delivery = self.sink.deliver(&p.batch, scratch);
         if scratch.capacity() > SMALL_BODY as usize {
             *scratch = Vec::with_capacity(SCRATCH_CAPACITY);
@@ -99,7 +100,7 @@ impl Uploader {
         drop(permit);
         let delivered = matches!(delivery, Delivery::Delivered { .. });
         self.stats.upload_finished(started.elapsed(), delivered);
-        let Some(_recording) = self.stats.record_outcome() else {
+        let Some(_recording) = self.stats.ledger.record_outcome() else {
             // The shutdown deadline passed during this call: already counted as dropped.
             return;
         };
@@ -107,7 +108,7 @@ impl Uploader {
             Delivery::Delivered { unprocessed } => {
                 let secs = started.elapsed().as_secs_f64();
                 let m = (unprocessed.len() as u64).min(n);
-                self.stats.delivered(n, m, p.batch.cost);
+                self.stats.delivered(p.batch.take_charge(), m);
                 if m == 0 {
                     crate::info!("Successfully sent batch of {n} segments ({secs:.3} seconds)");
                 } else {
@@ -181,14 +182,14 @@ impl Uploader {
                         "Dropping segment: trace id {trace_id}, segment id {id}: X-Ray refused it ({detail})"
                     );
                 }
-                self.stats.release(n, p.batch.cost);
+                self.stats.ledger.release(p.batch.take_charge());
                 self.backlog.finished(false);
             }
             Delivery::Rejected { class, detail } => {
                 self.stats.add_backend_error(class);
                 self.stats.rejected_by_xray.fetch_add(n, Relaxed);
                 crate::error!("Dropping batch of {n} segments: X-Ray refused it ({detail})");
-                self.stats.release(n, p.batch.cost);
+                self.stats.ledger.release(p.batch.take_charge());
                 self.backlog.finished(false);
             }
         }
@@ -205,74 +206,14 @@ pub const SMALL_BODY: u64 = 256 * 1024;
 /// Largest body a batch is sent in: a larger batch goes in several requests.
 pub const MAX_BODY: u64 = 512 * 1024;
 
-/// Most bytes of large request bodies encoded or in flight at once, across all uploaders: four
-/// full-size requests.
-pub const BODY_ALLOWANCE_BYTES: u64 = 4 * MAX_BODY;
+// The budget's allowance holds four bodies of the largest size sent.
+const _: () = assert!(BODY_ALLOWANCE_BYTES == 4 * MAX_BODY);
 
 /// The size of a batch's body, from its cost: escaping at most doubles the usual segment (quotes
 /// and backslashes; control bytes, six times, are rare), and the cost's per-segment overhead
 /// covers the JSON around each document.
 fn body_estimate(cost: u64) -> u64 {
     2 * cost
-}
-
-/// The allowance every uploader of the process shares.
-pub static BODY_ALLOWANCE: BodyAllowance = BodyAllowance::new(BODY_ALLOWANCE_BYTES);
-use BODY_ALLOWANCE as BODIES;
-
-/// Bytes of request bodies that may exist at once: a counting semaphore in bytes.
-pub struct BodyAllowance {
-    limit: u64,
-    in_use: Mutex<u64>,
-    freed: Condvar,
-}
-
-impl BodyAllowance {
-    /// An allowance of `limit` bytes.
-    pub const fn new(limit: u64) -> Self {
-        BodyAllowance {
-            limit,
-            in_use: Mutex::new(0),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// Waits until `bytes` fit beside the bodies in use, or none is in use (a body larger than
-    /// the whole allowance goes alone rather than never). The bytes count against the budget
-    /// ([`Stats::body_bytes`]) until the permit is dropped.
-    pub fn acquire<'a>(&'a self, bytes: u64, stats: &'a Stats) -> BodyPermit<'a> {
-        let mut in_use = self.in_use.lock();
-        while *in_use > 0 && *in_use + bytes > self.limit {
-            self.freed.wait(&mut in_use);
-        }
-        *in_use += bytes;
-        stats.body_bytes.fetch_add(bytes, Relaxed);
-        BodyPermit {
-            allowance: self,
-            stats,
-            bytes,
-        }
-    }
-
-    /// Bytes currently granted.
-    pub fn in_use(&self) -> u64 {
-        *self.in_use.lock()
-    }
-}
-
-/// Room for one body; given back when dropped.
-pub struct BodyPermit<'a> {
-    allowance: &'a BodyAllowance,
-    stats: &'a Stats,
-    bytes: u64,
-}
-
-impl Drop for BodyPermit<'_> {
-    fn drop(&mut self) {
-        self.stats.body_bytes.fetch_sub(self.bytes, Relaxed);
-        *self.allowance.in_use.lock() -= self.bytes;
-        self.allowance.freed.notify_all();
-    }
 }
 
 /// With the C library's allocator: allocations from 256 KiB up (request bodies) are mapped from
@@ -335,39 +276,3 @@ pub const DRAIN_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Default interval between repeated failure lines.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn body_allowance_lets_bodies_in_while_they_fit_and_one_alone_always() {
-        let a = Arc::new(BodyAllowance::new(100));
-        let stats = Arc::new(Stats::default());
-        let first = a.acquire(60, &stats);
-        let second = a.acquire(40, &stats);
-        assert_eq!(a.in_use(), 100);
-        assert_eq!(stats.body_bytes.load(Relaxed), 100);
-        // A third must wait until room is given back.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let (a2, s2) = (a.clone(), stats.clone());
-        let waiter = std::thread::spawn(move || {
-            let p = a2.acquire(50, &s2);
-            tx.send(()).unwrap();
-            drop(p);
-        });
-        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
-        drop(first);
-        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
-        waiter.join().unwrap();
-        drop(second);
-        assert_eq!(a.in_use(), 0);
-        // Larger than the allowance: goes when nothing else is in use.
-        let huge = a.acquire(1000, &stats);
-        assert_eq!(a.in_use(), 1000);
-        drop(huge);
-        assert_eq!(a.in_use(), 0);
-        assert_eq!(stats.body_bytes.load(Relaxed), 0);
-    }
-}
