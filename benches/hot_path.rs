@@ -18,7 +18,8 @@ use xrayd::aws::sigv4::{Scope, sign_headers};
 use xrayd::batch::Batcher;
 use xrayd::budget::{EvictOldest, Stage};
 use xrayd::ingest::datagram::{Validator, Verdict};
-use xrayd::queue::{Segment, bounded};
+use xrayd::queue::bounded;
+use xrayd::segment::Segment;
 use xrayd::stats::Stats;
 use xrayd::xray::segments::put_trace_segments_body;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::budget::Charge;
-use crate::queue::{QueueReader, Segment};
+use crate::queue::QueueReader;
+use crate::segment::Segment;
 
 /// PutTraceSegments accepts at most 50 documents per call.
 pub const MAX_BATCH_SEGMENTS: usize = 50;

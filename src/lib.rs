@@ -28,6 +28,7 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;
+pub mod segment;
 pub mod stats;
 pub mod telemetry;
 pub mod upload;

@@ -963,7 +963,8 @@ fn bind_failure_is_a_clear_error_and_ipv6_works() {
 #[test]
 fn readyz_follows_the_upload_pipeline() {
     use xrayd::log::Throttle;
-    use xrayd::queue::{self, Segment};
+    use xrayd::queue;
+    use xrayd::segment::Segment;
     use xrayd::upload::Uploader;
     use xrayd::upload::backlog::Backlog;
     use xrayd::upload::retry::Backoff;

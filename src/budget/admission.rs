@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::queue::Segment;
+use crate::segment::Segment;
 use crate::stats::Stats;
 
 /// Where an evictable segment waits.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::queue::Segment;
+use crate::segment::Segment;
 
 /// The bytes and segments a holder of segments is charged for. Not `Clone`: it moves with the
 /// segments it covers, and releasing consumes it.

@@ -25,7 +25,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use recvmmsg::RecvBatch;
 
 use crate::log::{Level, Throttle};
-use crate::queue::{Admission, QueueWriter, Segment};
+use crate::queue::{Admission, QueueWriter};
+use crate::segment::Segment;
 use crate::stats::Stats;
 
 const SOCKET: Token = Token(0);

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::budget::{EvictOldest, Stage};
-use crate::queue::Segment;
+use crate::segment::Segment;
 
 /// Consecutive failures after which fresh batches wait for the backoff too.
 pub const GATE_AFTER_FAILURES: u32 = 3;

@@ -153,7 +153,7 @@ impl Sink for LocalSink {
 mod tests {
     use super::*;
     use crate::batch::Batcher;
-    use crate::queue::Segment;
+    use crate::segment::Segment;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
