@@ -717,7 +717,7 @@ fn datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_on
     let sent = docs(0..200, 900);
     let size = HEADER.len() + 900;
     let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    if let Err(e) = xrayd::bench::sys::set_udp_segment(tx.as_raw_fd(), size as u16) {
+    if let Err(e) = xrayd::ingest::recvmmsg::set_udp_segment(tx.as_raw_fd(), size as u16) {
         eprintln!("SKIPPED: this kernel has no UDP GSO ({e})");
         return;
     }

@@ -4,9 +4,6 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// `UDP_SEGMENT` (linux/udp.h); the libc crate only exports it for uClibc.
-const UDP_SEGMENT: libc::c_int = 103;
-
 /// Most segments the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`, 64 before Linux 6.9).
 pub const GSO_MAX_SEGMENTS: usize = 64;
 
@@ -71,11 +68,8 @@ impl SendBatch {
     }
 }
 
-/// Turns UDP GSO on for every send of `fd`: each message is cut into datagrams of `size` bytes by
-/// the kernel (`0` turns it off). Fails with `ENOPROTOOPT` on kernels without it.
-pub fn set_udp_segment(fd: RawFd, size: u16) -> io::Result<()> {
-    crate::ingest::recvmmsg::setsockopt_int(fd, libc::SOL_UDP, UDP_SEGMENT, libc::c_int::from(size))
-}
+/// UDP GSO for the sender: the daemon's socket module sets it, beside its receiving twin (GRO).
+pub use crate::ingest::recvmmsg::set_udp_segment;
 
 /// Pins the calling thread to `cpus`. Threads and processes it starts afterwards inherit the mask.
 pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {

@@ -13,6 +13,9 @@ pub const DATAGRAM_BUFFER: usize = 65_536;
 /// `UDP_GRO` (linux/udp.h); the libc crate does not export it for every target.
 const UDP_GRO: libc::c_int = 104;
 
+/// `UDP_SEGMENT` (linux/udp.h); the libc crate only exports it for uClibc.
+const UDP_SEGMENT: libc::c_int = 103;
+
 /// Room for the control messages of one receive (the GRO segment size needs 24 bytes).
 const CONTROL_WORDS: usize = 8;
 
@@ -159,6 +162,13 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
 }
 
+/// The sending side of GRO (UDP GSO, Linux 4.18+): turns it on for every send of `fd`, each
+/// message cut into datagrams of `size` bytes by the kernel (`0` turns it off). Fails with
+/// `ENOPROTOOPT` on kernels without it. For senders that test or load the receive path.
+pub fn set_udp_segment(fd: RawFd, size: u16) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, UDP_SEGMENT, libc::c_int::from(size))
+}
+
 /// The datagram size of a coalesced receive, from its control messages (`SOL_UDP`/`UDP_GRO`, an
 /// int). Parsed by the kernel's layout: `cmsg_len` as a native word, then level and type as ints,
 /// then the data aligned to a word.
@@ -277,13 +287,13 @@ mod tests {
         enable_gro(rx.as_raw_fd()).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         // Ten-byte datagrams cut by the kernel from one send (UDP GSO), then a plain one.
-        crate::bench::sys::set_udp_segment(tx.as_raw_fd(), 10).unwrap();
+        set_udp_segment(tx.as_raw_fd(), 10).unwrap();
         tx.send_to(
             b"aaaaaaaaaabbbbbbbbbbcccccccccc12345",
             rx.local_addr().unwrap(),
         )
         .unwrap();
-        crate::bench::sys::set_udp_segment(tx.as_raw_fd(), 0).unwrap();
+        set_udp_segment(tx.as_raw_fd(), 0).unwrap();
         tx.send_to(b"plain", rx.local_addr().unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut batch = RecvBatch::new(8, DATAGRAM_BUFFER);
