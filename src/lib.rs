@@ -12,11 +12,10 @@
 //! - [`proxy`]: the TCP port (sampling proxy, `/healthz`, `/readyz`, `/metrics`); [`telemetry`],
 //!   [`metrics`], [`health`]: what the daemon says about itself; [`stats`]: every counter.
 //! - [`config`]: flags (one parser for every command), config files, settings; [`log`], [`json`]:
-//!   output helpers; [`daemon`]: the wiring; [`bench`]: the benchmark harness.
+//!   output helpers; [`daemon`]: the wiring. The benchmark harness is its own crate (harness/).
 
 pub mod aws;
 pub mod batch;
-pub mod bench;
 pub mod budget;
 pub mod config;
 pub mod daemon;

@@ -19,6 +19,41 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Longest wait for queued log lines at exit.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `xrayd bench ARGS`: replaces this process with the benchmark harness `xrayd-bench ARGS`, found
+/// beside this executable (where cargo builds both) or else on PATH, and names this executable as
+/// the daemon to measure (`XRAYD_BENCH_DAEMON`). The harness is a program of its own, so that the
+/// daemon carries none of its code. Returns an exit code only when the harness cannot be run.
+fn run_bench(args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    const HARNESS: &str = "xrayd-bench";
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .as_ref()
+        .and_then(|e| Some(e.parent()?.join(HARNESS)))
+        .filter(|p| p.is_file());
+    let found = beside.or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(HARNESS))
+            .find(|p| p.is_file())
+    });
+    let Some(harness) = found else {
+        eprintln!(
+            "xrayd bench: the benchmark harness {HARNESS} is neither beside this executable nor on \
+             PATH.\nBuild it beside xrayd with `cargo build --release -p xrayd-harness` \
+             (target/release/{HARNESS}), or install it with `cargo install --path harness`."
+        );
+        return 1;
+    };
+    let mut cmd = std::process::Command::new(&harness);
+    cmd.args(args);
+    if let Some(exe) = &exe {
+        cmd.env("XRAYD_BENCH_DAEMON", exe);
+    }
+    let err = cmd.exec();
+    eprintln!("xrayd bench: cannot run {}: {err}", harness.display());
+    1
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Subcommands: a probe for exec health checks (scratch images have no shell), a demo segment
@@ -26,7 +61,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("health") => std::process::exit(xrayd::health::main(args)),
         Some("demo") => std::process::exit(xrayd::demo::main(args)),
-        Some("bench") => std::process::exit(xrayd::bench::main(args)),
+        Some("bench") => std::process::exit(run_bench(&args[1..])),
         _ => {}
     }
     let parsed = match flags::parse(args) {

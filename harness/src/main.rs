@@ -1,6 +1,7 @@
-//! `xrayd-bench`: the load and benchmark harness, run directly or as `xrayd bench`.
+//! `xrayd-bench`: the load and benchmark harness (see [`xrayd_harness`]), run directly or through
+//! the daemon's `xrayd bench`, which executes this program with the same arguments.
 
 fn main() {
-    eprintln!("xrayd-bench: the harness has not moved here yet; run `xrayd bench`");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(xrayd_harness::main(args));
 }

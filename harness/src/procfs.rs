@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
-        let ticks = crate::bench::sys::clock_ticks();
+        let ticks = crate::sys::clock_ticks();
         assert!(cpu_ticks(&format!("/proc/{me}/stat")).is_some());
         // Burn a little CPU on this thread: its own schedstat and the process's sum see it.
         let process = format!("/proc/{me}/stat");

@@ -1,11 +1,16 @@
-//! Smoke test of `xrayd bench`: about a second at a low rate against a real xrayd process, through
-//! the real harness path (load generator, fake X-Ray, /proc measurements, JSON report). It checks
-//! that the report is complete and that every segment arrived exactly once; it asserts nothing
-//! about speed.
+//! Smoke test of the benchmark harness: about a second at a low rate against a real xrayd process,
+//! through the real harness path (load generator, fake X-Ray, /proc measurements, JSON report),
+//! run as `xrayd bench` and as `xrayd-bench`. It checks that the report is complete and that every
+//! segment arrived exactly once; it asserts nothing about speed. The daemon binary is the one the
+//! kit finds (`cargo build` builds it beside the harness; `XRAYD_TEST_BIN` names another).
 
-use std::process::Command;
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Output};
 
-const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
+use xrayd_kit::Daemon;
+
+const HARNESS: &str = env!("CARGO_BIN_EXE_xrayd-bench");
 
 fn bench_args(extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -27,37 +32,50 @@ fn bench_args(extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Runs `xrayd bench ARGS`: through the binary once it routes the subcommand, else in-process
-/// with the binary as the daemon under test.
-fn run_bench(args: Vec<String>) -> String {
-    let wired = Command::new(XRAYD)
-        .args(["bench", "--help"])
+/// PATH with the harness's directory first, so that `xrayd bench` finds `xrayd-bench` even when
+/// the daemon under test (`XRAYD_TEST_BIN`) lives elsewhere.
+fn path_with_harness() -> OsString {
+    let dir = Path::new(HARNESS).parent().expect("harness directory");
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))
+        .expect("PATH")
+}
+
+/// The JSON report on stdout of a successful run.
+fn report(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 report")
+}
+
+/// Runs `xrayd bench ARGS`, as users do: the daemon runs the harness, which measures that daemon.
+fn run_xrayd_bench(args: Vec<String>) -> String {
+    let out = Command::new(Daemon::bin())
+        .arg("bench")
+        .args(&args)
+        .env("PATH", path_with_harness())
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--rates")
-        });
-    if wired {
-        let out = Command::new(XRAYD)
-            .arg("bench")
-            .args(&args)
-            .output()
-            .expect("run xrayd bench");
-        assert!(
-            out.status.success(),
-            "xrayd bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("UTF-8 report")
-    } else {
-        let mut args = args;
-        args.extend(["--daemon-cmd".to_string(), XRAYD.to_string()]);
-        xrayd::bench::run_to_json(args).expect("bench run")
-    }
+        .expect("run xrayd bench");
+    report("xrayd bench", out)
+}
+
+/// Runs `xrayd-bench ARGS --daemon-cmd <the daemon under test>` directly.
+fn run_harness(args: Vec<String>) -> String {
+    let out = Command::new(HARNESS)
+        .args(&args)
+        .args(["--daemon-cmd", Daemon::bin()])
+        .output()
+        .expect("run xrayd-bench");
+    report("xrayd-bench", out)
 }
 
 #[test]
 fn bench_against_xrayd_delivers_everything_once() {
-    let json = run_bench(bench_args(&[]));
+    let json = run_xrayd_bench(bench_args(&[]));
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
     assert_eq!(v["tool"], "xrayd bench");
     assert_eq!(v["target"], "xrayd");
@@ -114,7 +132,7 @@ fn bench_against_xrayd_delivers_everything_once() {
 
 #[test]
 fn bench_with_faults_counts_refusals_and_no_duplicates() {
-    let json = run_bench(bench_args(&[
+    let json = run_harness(bench_args(&[
         "--count",
         "1000",
         "--fault-500",
@@ -134,4 +152,30 @@ fn bench_with_faults_counts_refusals_and_no_duplicates() {
     let r = &s["requests"];
     assert!(r["ok"].as_u64().unwrap() > 0, "{json}");
     assert!(s.get("delivered_of_not_refused").is_some(), "{json}");
+}
+
+/// Without the harness beside it or on PATH, `xrayd bench` says how to build it and fails.
+#[test]
+fn xrayd_bench_without_the_harness_says_how_to_build_it() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lone-xrayd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lone = dir.join("xrayd");
+    if std::fs::hard_link(Daemon::bin(), &lone).is_err() {
+        std::fs::copy(Daemon::bin(), &lone).unwrap();
+    }
+    let out = Command::new(&lone)
+        .args(["bench", "--help"])
+        .env("PATH", &dir)
+        .output()
+        .expect("run the lone xrayd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        err.contains("xrayd-bench") && err.contains("cargo build --release -p xrayd-harness"),
+        "{err}"
+    );
 }

@@ -577,7 +577,7 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::segment::{HEADER, Template, format_epoch_us, make_id};
+    use crate::segment::{HEADER, Template, format_epoch_us, make_id};
     use std::io::BufRead;
 
     #[test]
@@ -628,7 +628,7 @@ mod tests {
                 out.push(b',');
             }
             out.push(b'"');
-            crate::json::escape_json_string(&d[HEADER.len()..], &mut out);
+            xrayd::json::escape_json_string(&d[HEADER.len()..], &mut out);
             out.push(b'"');
         }
         out.extend_from_slice(b"]}");

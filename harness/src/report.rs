@@ -122,7 +122,7 @@ impl Json {
                     let _ = write!(out, "{r}");
                 }
             }
-            Json::Str(s) => crate::json::push_json_string(out, s),
+            Json::Str(s) => xrayd::json::push_json_string(out, s),
             Json::Arr(items) if items.is_empty() => out.push_str("[]"),
             Json::Arr(items) => {
                 out.push('[');
@@ -141,7 +141,7 @@ impl Json {
                 for (i, (k, v)) in pairs.iter().enumerate() {
                     out.push_str(if i == 0 { "\n" } else { ",\n" });
                     pad(out, indent + 1);
-                    crate::json::push_json_string(out, k);
+                    xrayd::json::push_json_string(out, k);
                     out.push_str(": ");
                     v.write(out, indent + 1);
                 }

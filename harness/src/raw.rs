@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::ingest::RECV_BATCH;
-use crate::ingest::recvmmsg::{DATAGRAM_BUFFER, RecvBatch, enable_gro, set_receive_buffer};
+use xrayd::ingest::RECV_BATCH;
+use xrayd::ingest::recvmmsg::{DATAGRAM_BUFFER, RecvBatch, enable_gro, set_receive_buffer};
 
 /// A running receiver thread.
 pub struct RawReceiver {

@@ -189,7 +189,7 @@ pub fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::segment::{HEADER, find_sub, parse_hex16, split_id};
+    use crate::segment::{HEADER, find_sub, parse_hex16, split_id};
 
     fn receive_all(rx: &UdpSocket, n: usize, size: usize) -> Vec<(u16, u64)> {
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -210,7 +210,7 @@ mod tests {
 
     fn run(gso: bool) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        crate::ingest::recvmmsg::set_receive_buffer(rx.as_raw_fd(), 4 << 20).unwrap();
+        xrayd::ingest::recvmmsg::set_receive_buffer(rx.as_raw_fd(), 4 << 20).unwrap();
         let t = Template::new(500).unwrap();
         let cfg = SendConfig {
             rate: 20_000,

@@ -1,13 +1,16 @@
-//! `xrayd bench`: drives a daemon (xrayd itself by default, or any X-Ray daemon through a command
-//! template) with a UDP load generator and an in-process fake X-Ray, steps through rates and
-//! reports, per step, what was offered and delivered, where the losses happened (kernel vs
-//! daemon), CPU per delivered segment, memory and delivery latency, plus the zero-loss
-//! throughput. `--raw` measures a do-nothing `recvmmsg` receiver under the same load instead: the
-//! machine's limit. A progress line per step and a table go to stderr, JSON to stdout.
+//! The benchmark harness (`xrayd-bench`, also run as `xrayd bench`): drives a daemon (xrayd by
+//! default, or any X-Ray daemon through a command template) with a UDP load generator and an
+//! in-process fake X-Ray, steps through rates and reports, per step, what was offered and
+//! delivered, where the losses happened (kernel vs daemon), CPU per delivered segment, memory and
+//! delivery latency, plus the zero-loss throughput. `--raw` measures a do-nothing `recvmmsg`
+//! receiver under the same load instead: the machine's limit. A progress line per step and a table
+//! go to stderr, JSON to stdout.
 //!
 //! Pieces: [`segment`] (documents with a sequence number and send time), [`pace`] and [`sender`]
 //! (the load), [`fake`] (the X-Ray stand-in), [`process`] (the daemon's life), [`raw`],
-//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table).
+//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the daemon's
+//! library it takes only what it measures or must match: the `recvmmsg` receive path of `--raw`,
+//! the JSON string escaping and the version.
 
 pub mod fake;
 pub mod pace;
@@ -30,9 +33,10 @@ use report::{Json, Row, obj};
 use segment::Template;
 use sender::{SendConfig, SendReport};
 
-/// Usage text of `xrayd bench`.
+/// Usage text of `xrayd-bench` (and `xrayd bench`).
 pub fn usage() -> &'static str {
-    "Usage: xrayd bench [options]
+    "Usage: xrayd-bench [options]
+       xrayd bench [options]      (runs xrayd-bench, found next to xrayd or on PATH)
 
 Benchmarks an X-Ray daemon: sends benchmark segments over UDP at each rate, receives the uploads
 in an in-process fake X-Ray, and reports per step what was offered and delivered, kernel and
@@ -54,7 +58,8 @@ Target:
                           {udp_port}, {endpoint} (http://127.0.0.1:PORT), {endpoint_port}. Without
                           {udp} it names an xrayd-compatible program and these are appended:
                           -b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoint {endpoint}
-                          (default: this executable)
+                          (default: the xrayd that ran `xrayd bench`, else the xrayd next to
+                          xrayd-bench, else xrayd on PATH)
   --raw                   no daemon: a do-nothing recvmmsg receiver thread with xrayd's socket
                           set-up (receive buffer, UDP GRO): the machine's limit
   --receive-buffer BYTES  SO_RCVBUF of the --raw receiver (default 4194304, as xrayd)
@@ -331,8 +336,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     Ok(Some(o))
 }
 
-/// Entry point of `xrayd bench ARGS` (`args` without `bench`; a leading `bench` is skipped).
-/// Prints the JSON report on stdout; returns the exit code.
+/// Entry point of `xrayd-bench ARGS`, also reached as `xrayd bench ARGS` (`args` without the
+/// program name; a leading `bench` is skipped). Prints the JSON report on stdout; returns the exit
+/// code.
 pub fn main(args: Vec<String>) -> i32 {
     let args: Vec<String> = match args.first().map(String::as_str) {
         Some("bench") => args[1..].to_vec(),
@@ -452,6 +458,35 @@ fn target_label(o: &Options) -> String {
     }
 }
 
+/// Environment variable through which `xrayd bench` names itself (its full path) as the daemon
+/// to measure when no `--daemon-cmd` is given.
+pub const DAEMON_ENV: &str = "XRAYD_BENCH_DAEMON";
+
+/// The daemon measured without `--daemon-cmd`: the xrayd named by [`DAEMON_ENV`] (the one that ran
+/// `xrayd bench`), else the `xrayd` beside this executable (where cargo builds both), else the
+/// first `xrayd` on PATH.
+fn default_daemon() -> Result<String, String> {
+    if let Some(d) = std::env::var_os(DAEMON_ENV).filter(|d| !d.is_empty()) {
+        return Ok(d.to_string_lossy().into_owned());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("xrayd")));
+    let on_path: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("xrayd")).collect())
+        .unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(on_path)
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            "no xrayd beside this executable or on PATH: build it (cargo build --release) or \
+             name the daemon with --daemon-cmd"
+                .to_string()
+        })
+}
+
 /// Runs every step and builds the report.
 pub fn run(o: &Options) -> Result<Json, String> {
     let template = Template::new(o.size)?;
@@ -462,12 +497,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
     let daemon_template = match (&o.daemon_cmd, o.raw) {
         (_, true) => None,
         (Some(c), false) => Some(c.clone()),
-        (None, false) => Some(
-            std::env::current_exe()
-                .map_err(|e| format!("cannot find this executable: {e}"))?
-                .to_string_lossy()
-                .into_owned(),
-        ),
+        (None, false) => Some(default_daemon()?),
     };
     let fake = match daemon_template {
         Some(_) => Some(
@@ -521,7 +551,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
     }
     Ok(obj([
         ("tool", "xrayd bench".into()),
-        ("version", crate::daemon::VERSION.into()),
+        ("version", xrayd::daemon::VERSION.into()),
         ("date", started.to_string().into()),
         ("machine", machine()),
         ("target", label.as_str().into()),

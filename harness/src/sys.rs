@@ -69,7 +69,7 @@ impl SendBatch {
 }
 
 /// UDP GSO for the sender: the daemon's socket module sets it, beside its receiving twin (GRO).
-pub use crate::ingest::recvmmsg::set_udp_segment;
+pub use xrayd::ingest::recvmmsg::set_udp_segment;
 
 /// Pins the calling thread to `cpus`. Threads and processes it starts afterwards inherit the mask.
 pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
