@@ -85,12 +85,13 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   rustup target add "$target" >&2
 fi
 
-# 3. Build. The release profile (Cargo.toml) has lto = "fat", codegen-units = 1, strip = true and
+# 3. Build the daemon alone (`-p xrayd`: not the workspace's benchmark harness or test kit). The
+#    release profile (Cargo.toml) has lto = "fat", codegen-units = 1, strip = true and
 #    panic = "abort"; musl targets link statically (static-pie) by default.
 if [ "$zig" = 1 ]; then
   command -v cargo-zigbuild >/dev/null || { say "XRAYD_STATIC_ZIGBUILD=1 but cargo-zigbuild is not installed"; exit 1; }
-  say "cargo zigbuild --release --locked --target $target ${features[*]}"
-  cargo zigbuild --release --locked --target "$target" "${features[@]}" >&2
+  say "cargo zigbuild --release --locked -p xrayd --target $target ${features[*]}"
+  cargo zigbuild --release --locked -p xrayd --target "$target" "${features[@]}" >&2
 else
   export "CC_${target_env}=$cc"
   # Cross: the host's cc cannot link for another architecture, so the cross compiler links too.
@@ -99,8 +100,8 @@ else
     linker_var="CARGO_TARGET_${target_upper}_LINKER"
     export "$linker_var=${!linker_var:-$cc}"
   fi
-  say "CC_${target_env}=$cc cargo build --release --locked --target $target ${features[*]} (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  cargo build --release --locked --target "$target" "${features[@]}" >&2
+  say "CC_${target_env}=$cc cargo build --release --locked -p xrayd --target $target ${features[*]} (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  cargo build --release --locked -p xrayd --target "$target" "${features[@]}" >&2
 fi
 
 bin="$CARGO_TARGET_DIR/$target/release/xrayd"
