@@ -10,7 +10,7 @@
 //! (the load), [`fake`] (the X-Ray stand-in), [`process`] (the daemon's life), [`raw`],
 //! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the daemon's
 //! library it takes only what it measures or must match: the `recvmmsg` receive path of `--raw`,
-//! the JSON string escaping and the version.
+//! the JSON string escaping, the version, and the flag and duration parsers of every xrayd command.
 
 pub mod fake;
 pub mod pace;
@@ -27,6 +27,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+use xrayd::config::args::{self as cli, Flag};
+use xrayd::config::parse_duration;
 
 use fake::{FakeXray, Faults};
 use report::{Json, Row, obj};
@@ -135,27 +138,6 @@ impl Default for Options {
     }
 }
 
-/// `5s`, `250ms`, `1.5s`, `2m`, `100us`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1e3,
-        "us" | "µs" => v / 1e6,
-        "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use us, ms, s or m)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// `0,2-3` → [0, 2, 3].
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
@@ -222,86 +204,82 @@ fn online_cpus() -> Vec<usize> {
         })
 }
 
-/// Parses `xrayd bench` arguments (without `bench`). Ok(None) for `--help`.
+/// The flags of `xrayd-bench`, for the daemon's command-line parser. What each one does is told,
+/// grouped by topic, in [`usage`] (a test keeps the two lists the same).
+const FLAGS: &[Flag] = &[
+    Flag::value("rates", "LIST", "").aliases(&["rate"]),
+    Flag::value("duration", "D", ""),
+    Flag::value("count", "N", ""),
+    Flag::value("size", "BYTES", ""),
+    Flag::value("batch", "N", ""),
+    Flag::switch("gso", ""),
+    Flag::value("daemon-cmd", "TEMPLATE", ""),
+    Flag::switch("raw", ""),
+    Flag::value("receive-buffer", "BYTES", ""),
+    Flag::switch("pin", ""),
+    Flag::value("daemon-cpus", "LIST", "").aliases(&["daemon-cpu"]),
+    Flag::value("load-cpus", "LIST", "").aliases(&["load-cpu"]),
+    Flag::value("label", "TEXT", ""),
+    Flag::value("fault-500", "F", ""),
+    Flag::value("fault-429", "F", ""),
+    Flag::value("fault-unprocessed", "F", ""),
+    Flag::value("fault-delay", "D", ""),
+    Flag::value("seed", "N", ""),
+    Flag::value("fake-port", "PORT", ""),
+    Flag::value("idle", "D", ""),
+    Flag::value("drain-idle", "D", ""),
+    Flag::value("drain-timeout", "D", ""),
+    Flag::value("keep-logs", "DIR", ""),
+    Flag::switch("help", "").short("h"),
+];
+
+/// Parses `xrayd bench` arguments (without `bench`) with the daemon's flag parser (Go `flag`
+/// spellings, as every xrayd command). Ok(None) for `--help`.
 pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    let flags = cli::parse(FLAGS, args.iter().cloned()).map_err(|e| e.0)?;
+    if flags.is_set("help") {
+        return Ok(None);
+    }
+    if let Some(extra) = flags.rest.first() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
     let mut o = Options::default();
     let mut pin = false;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
-        let name = arg.trim_start_matches('-');
-        if name.len() == arg.len() {
-            return Err(format!("unexpected argument {arg:?}"));
-        }
-        let (name, inline) = match name.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (name, None),
-        };
-        let flag = |inline: &Option<String>| -> Result<(), String> {
-            match inline {
-                Some(_) => Err(format!("--{name} takes no value")),
-                None => Ok(()),
-            }
-        };
-        match name {
-            "h" | "help" => return Ok(None),
-            "gso" => {
-                flag(&inline)?;
-                o.gso = true;
-                continue;
-            }
-            "raw" => {
-                flag(&inline)?;
-                o.raw = true;
-                continue;
-            }
-            "pin" => {
-                flag(&inline)?;
-                pin = true;
-                continue;
-            }
-            _ => {}
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => {
-                let v = args
-                    .get(i)
-                    .ok_or_else(|| format!("--{name} needs a value"))?
-                    .clone();
-                i += 1;
-                v
-            }
-        };
+    // In command-line order, so that a repeated flag's last value wins.
+    for (name, value) in flags.given {
         let num = |v: &str| -> Result<u64, String> {
             v.parse::<u64>()
                 .map_err(|_| format!("--{name} wants a number, got {v:?}"))
         };
+        let duration = |v: &str| parse_duration(v).map_err(|e| format!("--{name}: {e}"));
         match name {
-            "rates" | "rate" => o.rates = parse_rates(&value)?,
-            "duration" => o.duration = parse_duration(&value)?,
+            "gso" => o.gso = value == "true",
+            "raw" => o.raw = value == "true",
+            "pin" => pin = value == "true",
+            "rates" => o.rates = parse_rates(&value)?,
+            "duration" => o.duration = duration(&value)?,
             "count" => o.count = Some(num(&value)?),
             "size" => o.size = num(&value)? as usize,
             "batch" => o.batch = (num(&value)? as usize).clamp(1, 1024),
             "daemon-cmd" => o.daemon_cmd = Some(value),
             "receive-buffer" => o.receive_buffer = num(&value)? as usize,
-            "daemon-cpus" | "daemon-cpu" => o.daemon_cpus = parse_cpu_list(&value)?,
-            "load-cpus" | "load-cpu" => o.load_cpus = parse_cpu_list(&value)?,
+            "daemon-cpus" => o.daemon_cpus = parse_cpu_list(&value)?,
+            "load-cpus" => o.load_cpus = parse_cpu_list(&value)?,
             "label" => o.label = Some(value),
             "fault-500" => o.faults.p500 = parse_fraction(name, &value)?,
             "fault-429" => o.faults.p429 = parse_fraction(name, &value)?,
             "fault-unprocessed" => o.faults.p_unprocessed = parse_fraction(name, &value)?,
-            "fault-delay" => o.faults.delay = parse_duration(&value)?,
+            "fault-delay" => o.faults.delay = duration(&value)?,
             "seed" => o.faults.seed = num(&value)?,
             "fake-port" => {
                 o.fake_port = u16::try_from(num(&value)?).map_err(|_| "--fake-port: bad port")?
             }
-            "idle" => o.idle = parse_duration(&value)?,
-            "drain-idle" => o.drain_idle = parse_duration(&value)?,
-            "drain-timeout" => o.drain_timeout = parse_duration(&value)?,
+            "idle" => o.idle = duration(&value)?,
+            "drain-idle" => o.drain_idle = duration(&value)?,
+            "drain-timeout" => o.drain_timeout = duration(&value)?,
             "keep-logs" => o.keep_logs = Some(PathBuf::from(value)),
-            _ => return Err(format!("unknown option --{name}")),
+            "help" => {}
+            _ => return Err(format!("--{name} is declared but not handled")),
         }
     }
     if o.faults.p500 + o.faults.p429 > 1.0 {
@@ -975,12 +953,19 @@ mod tests {
 
     #[test]
     fn durations_and_cpu_lists() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        // Durations are the daemon's syntax (config::parse_duration), named by their flag.
+        let o = parse_args(&args(
+            "--duration 1.5 --fault-delay 100us --idle 2m --drain-idle=250ms",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.duration, Duration::from_millis(1500));
+        assert_eq!(o.faults.delay, Duration::from_micros(100));
+        assert_eq!(o.idle, Duration::from_secs(120));
+        assert_eq!(o.drain_idle, Duration::from_millis(250));
+        let e = parse_args(&args("--duration 5parsecs")).unwrap_err();
+        assert!(e.starts_with("--duration: "), "{e}");
+        assert!(parse_args(&args("--idle=")).is_err());
         assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
         assert_eq!(parse_cpu_list("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cpu_list("3-1").is_err());
@@ -1015,8 +1000,33 @@ mod tests {
                 .contains("at least")
         );
         assert!(parse_args(&args("--rates")).is_err());
-        assert!(parse_args(&args("--gso=1")).is_err());
+        assert!(parse_args(&args("--gso=maybe")).is_err());
+        assert!(!parse_args(&args("--gso --gso=false")).unwrap().unwrap().gso);
         assert!(parse_args(&args("stray")).is_err());
+        assert!(parse_args(&args("--raw stray")).is_err());
+        // Go `flag` spellings, as every xrayd command: one dash, aliases, the last value wins.
+        let o = parse_args(&args("-rate 5k -label a --label b -h=false -daemon-cpu 2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.rates, [5000]);
+        assert_eq!(o.label.as_deref(), Some("b"));
+        assert_eq!(o.daemon_cpus, [2]);
+        assert!(parse_args(&args("-h")).unwrap().is_none());
+    }
+
+    #[test]
+    fn usage_tells_every_flag_and_only_those() {
+        let told: std::collections::BTreeSet<&str> = usage()
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .map(|l| l.split_whitespace().next().unwrap_or_default())
+            .collect();
+        let declared: std::collections::BTreeSet<&str> = FLAGS
+            .iter()
+            .map(|f| f.long)
+            .filter(|&f| f != "help")
+            .collect();
+        assert_eq!(told, declared);
     }
 
     #[test]
