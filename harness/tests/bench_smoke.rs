@@ -63,14 +63,15 @@ fn run_xrayd_bench(args: Vec<String>) -> String {
     report("xrayd bench", out)
 }
 
-/// Runs `xrayd-bench ARGS --daemon-cmd <the daemon under test>` directly.
+/// Runs `xrayd-bench ARGS` directly. It measures the xrayd beside it, which is the daemon under
+/// test unless `XRAYD_TEST_BIN` names another: that one is given with `--daemon-cmd`.
 fn run_harness(args: Vec<String>) -> String {
-    let out = Command::new(HARNESS)
-        .args(&args)
-        .args(["--daemon-cmd", Daemon::bin()])
-        .output()
-        .expect("run xrayd-bench");
-    report("xrayd-bench", out)
+    let mut cmd = Command::new(HARNESS);
+    cmd.args(&args).env_remove("XRAYD_BENCH_DAEMON");
+    if Path::new(Daemon::bin()) != Path::new(HARNESS).with_file_name("xrayd") {
+        cmd.args(["--daemon-cmd", Daemon::bin()]);
+    }
+    report("xrayd-bench", cmd.output().expect("run xrayd-bench"))
 }
 
 #[test]
@@ -152,6 +153,7 @@ fn bench_with_faults_counts_refusals_and_no_duplicates() {
     let r = &s["requests"];
     assert!(r["ok"].as_u64().unwrap() > 0, "{json}");
     assert!(s.get("delivered_of_not_refused").is_some(), "{json}");
+    assert_eq!(v["config"]["daemon_cmd"], Daemon::bin(), "{json}");
 }
 
 /// Without the harness beside it or on PATH, `xrayd bench` says how to build it and fails.
