@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// Log levels, most verbose first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -256,7 +256,7 @@ fn emit(line: String) {
             }
         },
         Sink::Direct(out) => {
-            let mut w = out.lock();
+            let mut w = out.lock().unwrap_or_else(PoisonError::into_inner);
             if w.write_all(line.as_bytes())
                 .and_then(|_| w.flush())
                 .is_err()

@@ -12,7 +12,7 @@ use std::sync::atomic::{
 };
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::budget::{Charge, Ledger};
 
@@ -274,6 +274,7 @@ impl Stats {
         *self
             .proxy_requests
             .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .entry((path, status))
             .or_insert(0) += 1;
     }
@@ -282,6 +283,7 @@ impl Stats {
     pub fn proxy_requests(&self) -> Vec<((&'static str, u16), u64)> {
         self.proxy_requests
             .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect()

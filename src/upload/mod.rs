@@ -20,7 +20,7 @@ pub mod sink;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Once};
 
-use parking_lot::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use backlog::{Backlog, Pending};
@@ -249,7 +249,7 @@ fn release_free_memory() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     let now = Instant::now();
     {
-        let mut last = LAST.lock();
+        let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
         if last.is_some_and(|t| now.duration_since(t) < TRIM_INTERVAL) {
             return;
         }
