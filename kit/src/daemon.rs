@@ -1,71 +1,45 @@
-//! Run the real xrayd binary with captured output.
+//! The daemon runner: the real xrayd binary started in a hermetic scratch directory (no host AWS
+//! settings), its output collected ([`Proc`]), readiness (the UDP address from the log or from
+//! `/proc`, the TCP address), metrics scraped, signals, a graceful stop and the final counts.
 
 use super::fake_xray::{FakeXray, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use super::metrics::{Exposition, scrape};
+use super::process::{Proc, Ran, run_to_end};
+pub use super::tempdir::scratch_dir;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 /// Start-up line that reports the bound UDP address.
 pub const LISTENING_PREFIX: &str = "Listening for segments on UDP ";
+/// Start-up line that reports the bound TCP address.
+pub const PROXY_PREFIX: &str = "Starting proxy http server on ";
 /// Shutdown line with the final counters.
 pub const FINAL_COUNTS_PREFIX: &str = "Final counts:";
 
-static WORKDIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
-
-/// A running xrayd, killed on drop.
+/// A running xrayd, killed on drop. Every [`Proc`] method (output lines, waits on them,
+/// signals, exit) applies to it.
 pub struct Daemon {
-    child: Child,
-    lines: Lines,
-    readers: Vec<JoinHandle<()>>,
+    proc: Proc,
     workdir: PathBuf,
-    exit: Option<ExitStatus>,
+    /// Whether the working directory is the daemon's own, removed on drop.
+    owns_workdir: bool,
 }
 
-/// A fresh, empty scratch directory (removed by the Daemon that uses it).
-pub fn scratch_dir() -> PathBuf {
-    let n = WORKDIR_COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("xrayd-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+impl Deref for Daemon {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
 }
 
-fn reader_thread(name: &str, src: impl Read + Send + 'static, lines: Lines) -> JoinHandle<()> {
-    let echo = std::env::var_os("XRAYD_TEST_ECHO").is_some();
-    let tag = name.to_string();
-    std::thread::Builder::new()
-        .name(format!("xrayd-{name}"))
-        .spawn(move || {
-            let mut r = BufReader::new(src);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                            buf.pop();
-                        }
-                        let line = String::from_utf8_lossy(&buf).into_owned();
-                        if echo {
-                            eprintln!("[xrayd {tag}] {line}");
-                        }
-                        let (m, c) = &*lines;
-                        m.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                        c.notify_all();
-                    }
-                }
-            }
-        })
-        .expect("spawn reader")
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
 }
 
 /// The `xrayd` binary of the cargo profile the running executable belongs to.
@@ -87,6 +61,20 @@ fn built_binary() -> String {
     bin.to_string_lossy().into_owned()
 }
 
+/// `-b 127.0.0.1:0 -t 127.0.0.1:0 --local-sink <sink>` followed by `extra`.
+pub fn local_sink_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "-b",
+        "127.0.0.1:0",
+        "-t",
+        "127.0.0.1:0",
+        "--local-sink",
+        sink,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 impl Daemon {
     /// Path of the binary under test: `XRAYD_TEST_BIN` when set (to measure a release or static
     /// binary with the same scenarios, e.g. the memory cases of `faults`), otherwise the `xrayd`
@@ -102,50 +90,75 @@ impl Daemon {
         })
     }
 
-    /// Start xrayd with `args`, a clean environment (no host AWS settings: HOME,
-    /// AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE point into a scratch
-    /// directory that is also the working directory, IMDS disabled) plus `envs`.
+    /// A command for the binary with a clean environment: only PATH from the host; HOME and the
+    /// working directory are `dir`; AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE point to
+    /// files that do not exist there; instance metadata disabled; TZ=UTC; then `envs` (a value
+    /// of "" removes the variable).
+    pub fn command(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(Self::bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("AWS_CONFIG_FILE", dir.join("no-such-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.join("no-such-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TZ", "UTC")
+            .env("RUST_BACKTRACE", "1")
+            .current_dir(dir);
+        for (k, v) in envs {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    }
+
+    /// Runs the binary in `dir` to completion (it must exit within 20 s): for `--print-config`,
+    /// `-h`, refused configurations.
+    pub fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Ran {
+        run_to_end(
+            &format!("xrayd {args:?}"),
+            &mut Self::command(dir, args, envs),
+            Duration::from_secs(20),
+        )
+    }
+
+    /// Start xrayd with `args` and the clean environment of [`Daemon::command`] plus `envs`, in
+    /// a scratch directory of its own (removed on drop unless the test fails).
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         Self::spawn_in(scratch_dir(), args, envs)
     }
 
     /// Like `spawn`, in a given working directory (which the Daemon removes on drop).
     pub fn spawn_in(workdir: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(Self::bin());
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &workdir)
-            .env("AWS_CONFIG_FILE", workdir.join("no-such-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                workdir.join("no-such-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_BACKTRACE", "1")
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", Self::bin()));
-        let lines: Lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let readers = vec![
-            reader_thread("stdout", out, lines.clone()),
-            reader_thread("stderr", err, lines.clone()),
-        ];
+        let mut d = Self::start(&workdir, args, envs, true);
+        d.owns_workdir = true;
+        d
+    }
+
+    /// Like `spawn`, in the caller's directory `dir` (left in place).
+    pub fn spawn_at(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Self::start(dir, args, envs, true)
+    }
+
+    /// Like `spawn_at`, with stdout piped and never read (a stalled log consumer): only stderr
+    /// lines are collected.
+    pub fn spawn_at_stdout_unread(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Self::start(dir, args, envs, false)
+    }
+
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)], read_stdout: bool) -> Daemon {
+        let proc = Proc::spawn_with("xrayd", &mut Self::command(dir, args, envs), read_stdout);
         Daemon {
-            child,
-            lines,
-            readers,
-            workdir,
-            exit: None,
+            proc,
+            workdir: dir.to_path_buf(),
+            owns_workdir: false,
         }
     }
 
@@ -175,6 +188,39 @@ impl Daemon {
         extra_args: &[&str],
         extra_envs: &[(&str, &str)],
     ) -> Daemon {
+        let has_level = extra_args.iter().any(|a| {
+            let a = a.trim_start_matches('-');
+            a == "l" || a == "log-level" || a.starts_with("l=") || a.starts_with("log-level=")
+        });
+        let mut args: Vec<&str> = Vec::new();
+        if let (false, Some(level)) = (has_level, level) {
+            args.extend(["-l", level]);
+        }
+        args.extend_from_slice(extra_args);
+        let mut envs: Vec<(&str, &str)> = vec![
+            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
+        ];
+        envs.extend_from_slice(extra_envs);
+        Self::for_endpoint_envs(endpoint, &args, &envs)
+    }
+
+    /// xrayd against `endpoint` with both ports on loopback (`-o`, test region) at the default
+    /// log level, `extra` arguments, and the test credentials in the environment when `creds`.
+    pub fn for_endpoint(endpoint: &str, extra: &[&str], creds: bool) -> Daemon {
+        let envs: &[(&str, &str)] = if creds {
+            &[
+                ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
+            ]
+        } else {
+            &[]
+        };
+        Self::for_endpoint_envs(endpoint, extra, envs)
+    }
+
+    /// `-b 127.0.0.1:0 -t 127.0.0.1:0 -n us-east-1 -o --endpoint <endpoint>`, then `extra`.
+    fn for_endpoint_envs(endpoint: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut args: Vec<&str> = vec![
             "-b",
             "127.0.0.1:0",
@@ -186,97 +232,12 @@ impl Daemon {
             "--endpoint",
             endpoint,
         ];
-        let has_level = extra_args.iter().any(|a| {
-            let a = a.trim_start_matches('-');
-            a == "l" || a == "log-level" || a.starts_with("l=") || a.starts_with("log-level=")
-        });
-        if let (false, Some(level)) = (has_level, level) {
-            args.extend(["-l", level]);
-        }
-        args.extend_from_slice(extra_args);
-        let mut envs: Vec<(&str, &str)> = vec![
-            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
-        ];
-        envs.extend_from_slice(extra_envs);
-        Self::spawn(&args, &envs)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        args.extend_from_slice(extra);
+        Self::spawn(&args, envs)
     }
 
     pub fn workdir(&self) -> &Path {
         &self.workdir
-    }
-
-    /// Every output line so far (stdout and stderr interleaved as read).
-    pub fn lines(&self) -> Vec<String> {
-        self.lines
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The whole output so far, one string.
-    pub fn log(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    /// Number of lines containing `substr`.
-    pub fn count_lines(&self, substr: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(substr)).count()
-    }
-
-    /// Wait until `pred` holds on the output lines.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (m, c) = &*self.lines;
-        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if pred(&g) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            g = c.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    /// First line containing `substr`, waiting up to `timeout`.
-    pub fn wait_for_line(&self, substr: &str, timeout: Duration) -> Option<String> {
-        self.wait_for_line_from(0, substr, timeout)
-    }
-
-    /// First line at index >= `from` containing `substr`.
-    pub fn wait_for_line_from(
-        &self,
-        from: usize,
-        substr: &str,
-        timeout: Duration,
-    ) -> Option<String> {
-        let found = std::cell::RefCell::new(None);
-        self.wait_for(timeout, |lines| {
-            match lines.iter().skip(from).find(|l| l.contains(substr)) {
-                Some(l) => {
-                    *found.borrow_mut() = Some(l.clone());
-                    true
-                }
-                None => false,
-            }
-        });
-        found.into_inner()
-    }
-
-    /// Wait until at least `n` lines contain `substr`.
-    pub fn wait_for_count(&self, substr: &str, n: usize, timeout: Duration) -> bool {
-        self.wait_for(timeout, |lines| {
-            lines.iter().filter(|l| l.contains(substr)).count() >= n
-        })
     }
 
     /// The UDP address from `Listening for segments on UDP <addr>` (waits up to 10 s).
@@ -287,64 +248,44 @@ impl Daemon {
         parse_listening_line(&line).unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
     }
 
-    /// Send a signal to the daemon.
-    pub fn signal(&self, sig: i32) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with our own child's pid (not yet reaped: `self.child`
-        // still owns it) and a valid signal number has no memory-safety effects.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    /// The TCP address from `Starting proxy http server on <addr>` (waits up to 10 s).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        let line = self
+            .wait_for_line(PROXY_PREFIX, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no '{PROXY_PREFIX}' line; output:\n{}", self.log()));
+        parse_proxy_line(&line).unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
     }
 
-    pub fn sigterm(&self) {
-        self.signal(libc::SIGTERM);
+    /// `/metrics` of the TCP port, parsed.
+    pub fn metrics(&self) -> Exposition {
+        scrape(self.tcp_addr())
     }
 
-    pub fn sigint(&self) {
-        self.signal(libc::SIGINT);
-    }
-
-    /// Exit status if the daemon exited within `timeout`.
-    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(s) = self.exit {
-            return Some(s);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.exit = Some(s);
-                // Let the readers drain the pipes.
-                for h in self.readers.drain(..) {
-                    let _ = h.join();
-                }
-                return Some(s);
+    /// The address of the daemon's UDP socket, read from `/proc` once the socket exists (`None`
+    /// if the daemon exits or `timeout` passes first). Needs no log line, unlike
+    /// [`Daemon::udp_addr`].
+    pub fn udp_socket(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        let pid = self.pid();
+        let mut running = true;
+        super::wait::poll(timeout, || {
+            if let Some(addr) = udp_socket_of(pid) {
+                return Some(Some(addr));
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            running = self.proc.is_running();
+            (!running).then_some(None)
+        })
+        .flatten()
     }
 
-    /// Exit status; panics (after killing it) if the daemon is still running
-    /// after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        match self.try_wait_exit(timeout) {
-            Some(s) => s,
-            None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "xrayd did not exit within {timeout:?}; output:\n{}",
-                    self.log()
-                );
-            }
+    /// SIGTERM, then the exit status (within 20 s). The daemon installs its signal handlers
+    /// before it opens its UDP socket, and a SIGTERM before that would kill it: waits for the
+    /// socket first.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = self.udp_socket(Duration::from_secs(10));
+        if self.is_running() {
+            self.sigterm();
         }
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.exit.is_none() && matches!(self.child.try_wait(), Ok(None))
+        self.wait_exit(Duration::from_secs(20))
     }
 
     /// N of every `Successfully sent batch of N segments (S.sss seconds)` line.
@@ -367,13 +308,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for h in self.readers.drain(..) {
-            let _ = h.join();
-        }
+        self.proc.kill();
         if std::thread::panicking() {
             let lines = self.lines();
             let skip = lines.len().saturating_sub(300);
@@ -389,27 +324,122 @@ impl Drop for Daemon {
                 "---- end of xrayd output; workdir {} ----",
                 self.workdir.display()
             );
-        } else {
+        } else if self.owns_workdir {
             let _ = std::fs::remove_dir_all(&self.workdir);
         }
     }
+}
+
+/// The first UDP socket (IPv4 or IPv6) among `pid`'s open files, as a loopback address with its
+/// port.
+fn udp_socket_of(pid: u32) -> Option<SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(table) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for row in table.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            if cols.len() > 9 && inodes.iter().any(|i| i == cols[9]) {
+                let port = u16::from_str_radix(cols[1].rsplit(':').next()?, 16).ok()?;
+                return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+        }
+    }
+    None
+}
+
+/// Bytes waiting in the receive queue of the UDP socket bound to `port` (IPv4 or IPv6), from
+/// `/proc/net/udp*`; `None` when there is no such socket.
+pub fn udp_unread_bytes(port: u16) -> Option<u64> {
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(table) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for row in table.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            let local_port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                return cols
+                    .get(4)
+                    .and_then(|q| q.split(':').nth(1))
+                    .and_then(|rx| u64::from_str_radix(rx, 16).ok());
+            }
+        }
+    }
+    None
+}
+
+/// The server side of the TCP connections to `port` (accepted or still in the backlog), from
+/// `/proc/net/tcp`: how many, and how many bytes they hold that the server has not read yet.
+pub fn server_side(port: u16) -> (usize, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let mut n = 0;
+    let mut unread = 0;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f
+            .get(1)
+            .and_then(|a| a.split(':').nth(1))
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        // 01: established (0A is the listener, whose queue counts connections, not bytes).
+        if local_port != Some(port) || f.get(3) != Some(&"01") {
+            continue;
+        }
+        n += 1;
+        unread += f
+            .get(4)
+            .and_then(|q| q.split(':').nth(1))
+            .and_then(|rx| u64::from_str_radix(rx, 16).ok())
+            .unwrap_or(0);
+    }
+    (n, unread)
+}
+
+/// Parses `Starting proxy http server on <addr>`.
+pub fn parse_proxy_line(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(PROXY_PREFIX)? + PROXY_PREFIX.len()..];
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches([',', '.', ';', '"', '}'])
+        .parse()
+        .ok()
 }
 
 /// The address after `Listening for segments on UDP ` (first word after it).
 pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(LISTENING_PREFIX)? + LISTENING_PREFIX.len()..];
     let word = rest.split_whitespace().next()?;
-    word.trim_end_matches([',', '.', ';']).parse().ok()
+    word.trim_end_matches([',', '.', ';', '"', '}'])
+        .parse()
+        .ok()
 }
 
 /// `... Final counts: received=3 rejected=0 ...` -> map.
 pub fn parse_final_counts(line: &str) -> Option<HashMap<String, u64>> {
     let rest = &line[line.find(FINAL_COUNTS_PREFIX)? + FINAL_COUNTS_PREFIX.len()..];
-    let mut map = HashMap::new();
-    for word in rest.split_whitespace() {
-        let (k, v) = word.split_once('=')?;
-        map.insert(k.to_string(), v.trim_end_matches(',').parse().ok()?);
-    }
+    // Lenient: words that are not `k=<number>` (JSON punctuation after the message) are skipped.
+    let map: HashMap<String, u64> = rest
+        .split_whitespace()
+        .filter_map(|word| {
+            let (k, v) = word.split_once('=')?;
+            Some((
+                k.to_string(),
+                v.trim_end_matches([',', '"', '}']).parse().ok()?,
+            ))
+        })
+        .collect();
     if map.is_empty() { None } else { Some(map) }
 }
 

@@ -1,10 +1,16 @@
-//! FakeXray: a loopback HTTP/1.1 stand-in for the X-Ray API (PutTraceSegments,
-//! PutTelemetryRecords) that verifies every signature, records every request and
-//! answers according to a programmable script.
+//! FakeXray: the one fake AWS endpoint of the tests and the harness, a loopback HTTP/1.1 server
+//! (std only) that plays X-Ray (PutTraceSegments, PutTelemetryRecords, GetSamplingRules,
+//! SamplingTargets), EC2 instance metadata, and, through a handler closure, anything else (STS,
+//! the container credential endpoint, an HTTP proxy). It re-verifies every X-Ray signature with
+//! the independent verifier of `sigv4.rs`, records every request, and answers according to a
+//! script (PutTraceSegments), per-path overrides, random faults and delays; it can be taken down
+//! and brought back on the same port.
 
+use super::answers::{Answer, DEFAULT_RULES, EMPTY_SUMMARIES, error_kind, sampling_targets};
 use super::sigv4::{SigCheck, Verifier, WireRequest, header};
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use super::wire::{HttpRequest, read_http_request, write_response};
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -63,6 +69,17 @@ impl Behaviour {
     pub fn bad_request() -> Self {
         Behaviour::Status(400, INVALID_REQUEST_BODY.to_string())
     }
+    /// This status with an AWS-style error body whose `__type` follows the status (429
+    /// throttling, other 4xx invalid request, the rest internal failure).
+    pub fn status(code: u16) -> Self {
+        Behaviour::Status(
+            code,
+            format!(
+                r#"{{"__type":"{}","message":"fake {code}"}}"#,
+                error_kind(code)
+            ),
+        )
+    }
     pub fn delay(d: Duration, then: Behaviour) -> Self {
         Behaviour::Delay(d, Box::new(then))
     }
@@ -84,6 +101,8 @@ pub struct RandomFaults {
 pub struct RecordedRequest {
     /// Arrival order among requests of the same kind, from 0.
     pub seq: usize,
+    /// Arrival order among all requests, from 0.
+    pub arrival: usize,
     /// Connection number (one per accepted TCP connection, from 0).
     pub conn: usize,
     pub method: String,
@@ -115,6 +134,51 @@ impl RecordedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body of {} is not JSON ({e}): {}", self.path, self.text()))
+    }
+    /// The body as a form (`application/x-www-form-urlencoded`).
+    pub fn form(&self) -> HashMap<String, String> {
+        super::answers::form_decode(&self.text())
+    }
+    /// Whether the request carries a valid SigV4 signature by `key`/`secret` for the region and
+    /// service of its own credential scope (re-verified with the independent verifier), with
+    /// `token` as its `x-amz-security-token` (none when `None`). Says what differs when not.
+    pub fn signed_by(&self, key: &str, secret: &str, token: Option<&str>) -> Result<(), String> {
+        let auth = self
+            .header("authorization")
+            .ok_or("no authorization header")?;
+        let parsed = super::sigv4::parse_authorization(auth)?;
+        if parsed.access_key_id != key {
+            return Err(format!("signed by {}, not {key}", parsed.access_key_id));
+        }
+        if self.header("x-amz-security-token") != token {
+            return Err(format!(
+                "x-amz-security-token {:?}, expected {token:?}",
+                self.header("x-amz-security-token")
+            ));
+        }
+        let check = Verifier::new(&parsed.region, &parsed.service)
+            .with_key(key, secret)
+            .verify(&WireRequest {
+                method: &self.method,
+                path: &self.path,
+                query: &self.query,
+                headers: &self.headers,
+                body: &self.body,
+            });
+        if check.is_ok() {
+            Ok(())
+        } else {
+            Err(format!("{check:?}"))
+        }
+    }
     /// Answered with a 2xx status.
     pub fn succeeded(&self) -> bool {
         matches!(self.status, Some(200..=299))
@@ -138,6 +202,9 @@ pub struct FakeConfig {
     /// to requests signed more than 5 minutes off its time: 403 InvalidSignatureException
     /// "Signature expired", with its time in the `Date` header (every answer carries one).
     pub clock_ahead: Duration,
+    /// Close every connection after its answer (`Connection: close`), as a service behind a
+    /// load balancer may: every request then opens a connection of its own.
+    pub close_connections: bool,
 }
 
 impl Default for FakeConfig {
@@ -149,6 +216,7 @@ impl Default for FakeConfig {
             enforce_limits: true,
             default: Behaviour::Ok,
             clock_ahead: Duration::ZERO,
+            close_connections: false,
         }
     }
 }
@@ -164,9 +232,25 @@ struct State {
     random: Option<(RandomFaults, u64)>,
     bad_signatures: usize,
     connections: usize,
+    /// Requests received so far, of any kind.
+    arrivals: usize,
     /// Requests with a document containing this text are refused whole (400).
     poison: Option<String>,
+    /// How PutTelemetryRecords is answered (`Ok`: 200 `{}`).
+    telemetry_default: Behaviour,
+    /// Answers replacing the built-in ones, by path.
+    answers: HashMap<String, Answer>,
+    /// Instance metadata: path under `/latest/meta-data/` -> value.
+    metadata: HashMap<String, String>,
+    /// Added before every answer.
+    delay: Duration,
+    /// Whether the listener is bound (see [`FakeXray::down`]).
+    listening: bool,
 }
+
+/// Answers any request the built-in routes do not (or, with [`FakeXray::serve`], every
+/// request); `None` leaves it to the built-in routes.
+pub type Handler = dyn Fn(&RecordedRequest) -> Option<Answer> + Send + Sync;
 
 struct Shared {
     state: Mutex<State>,
@@ -176,9 +260,32 @@ struct Shared {
     config: FakeConfig,
     streams: Mutex<Vec<TcpStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// False while the fake is down (connections refused).
+    up: AtomicBool,
+    handler: Option<Box<Handler>>,
 }
 
 impl Shared {
+    /// Waits `d`, or less when the fake stops; false if it stopped.
+    fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        let mut st = self.lock();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            st = self
+                .cond
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// The fake's clock.
     fn now(&self) -> SystemTime {
         SystemTime::now() + self.config.clock_ahead
@@ -220,6 +327,33 @@ impl FakeXray {
     }
 
     pub fn start_with(config: FakeConfig) -> FakeXray {
+        Self::start_full(config, None)
+    }
+
+    /// A fake whose `handler` answers every request it returns `Some` for, before the built-in
+    /// routes (PutTraceSegments included).
+    pub fn start_with_handler(
+        config: FakeConfig,
+        handler: impl Fn(&RecordedRequest) -> Option<Answer> + Send + Sync + 'static,
+    ) -> FakeXray {
+        Self::start_full(config, Some(Box::new(handler)))
+    }
+
+    /// A plain loopback HTTP service answering every request with `handler`, one request per
+    /// connection (`Connection: close`): STS, a container credential endpoint, instance metadata
+    /// or a proxy, as the test scripts it. Every request is recorded (see [`FakeXray::seen`]).
+    pub fn serve(handler: impl Fn(&RecordedRequest) -> Answer + Send + Sync + 'static) -> FakeXray {
+        Self::start_with_handler(
+            FakeConfig {
+                close_connections: true,
+                reject_bad_signatures: false,
+                ..FakeConfig::default()
+            },
+            move |r| Some(handler(r)),
+        )
+    }
+
+    fn start_full(config: FakeConfig, handler: Option<Box<Handler>>) -> FakeXray {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake X-Ray");
         let addr = listener.local_addr().expect("fake X-Ray address");
         let mut verifier =
@@ -242,7 +376,13 @@ impl FakeXray {
                 random: None,
                 bad_signatures: 0,
                 connections: 0,
+                arrivals: 0,
                 poison: None,
+                telemetry_default: Behaviour::Ok,
+                answers: HashMap::new(),
+                metadata: HashMap::new(),
+                delay: Duration::ZERO,
+                listening: true,
             }),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -250,6 +390,8 @@ impl FakeXray {
             config,
             streams: Mutex::new(Vec::new()),
             handles: Mutex::new(Vec::new()),
+            up: AtomicBool::new(true),
+            handler,
         });
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
@@ -270,6 +412,125 @@ impl FakeXray {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Same as [`FakeXray::endpoint`].
+    pub fn url(&self) -> String {
+        self.endpoint()
+    }
+
+    /// Stops listening: new connections are refused until [`FakeXray::up`] (open ones stay).
+    pub fn down(&self) {
+        self.shared.up.store(false, Ordering::SeqCst);
+        // Wake the acceptor, which then drops its listener.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        assert!(
+            self.wait_until(Duration::from_secs(5), |s| !s.listening),
+            "the fake did not stop listening"
+        );
+    }
+
+    /// Listens again, on the same port.
+    pub fn up(&self) {
+        self.shared.up.store(true, Ordering::SeqCst);
+        self.shared.cond.notify_all();
+        assert!(
+            self.wait_until(Duration::from_secs(5), |s| s.listening),
+            "the fake did not listen again"
+        );
+    }
+
+    /// How PutTelemetryRecords is answered from now on (`Ok`: 200 `{}`; `Unprocessed` counts
+    /// as `Ok`).
+    pub fn set_telemetry_default(&self, b: Behaviour) {
+        self.shared.lock().telemetry_default = b;
+    }
+
+    /// Answer every request for `path` (other than PutTraceSegments) with `status` and a JSON
+    /// `body`, once its signature verified, instead of the built-in answer.
+    pub fn answer(&self, path: &str, status: u16, body: &str) {
+        self.set_answer(path, Answer::json(status, body));
+    }
+
+    /// Like [`FakeXray::answer`], with its own Content-Type.
+    pub fn answer_typed(&self, path: &str, status: u16, content_type: &str, body: &str) {
+        self.set_answer(path, Answer::new(status, content_type, body));
+    }
+
+    pub fn set_answer(&self, path: &str, answer: Answer) {
+        self.shared.lock().answers.insert(path.to_string(), answer);
+    }
+
+    /// Instance metadata: `GET /latest/meta-data/<path>` answers `value` (after the IMDSv2
+    /// token `PUT /latest/api/token`, answered `fake-token`).
+    pub fn set_metadata(&self, path: &str, value: &str) {
+        self.shared
+            .lock()
+            .metadata
+            .insert(path.to_string(), value.to_string());
+    }
+
+    /// Wait this long before every answer from now on (on top of scripted delays).
+    pub fn set_delay(&self, d: Duration) {
+        self.shared.lock().delay = d;
+    }
+
+    /// PutTraceSegments answered 500 (`true`) or Ok (`false`) once the script is exhausted.
+    pub fn fail_segments(&self, fail: bool) {
+        self.set_default(if fail {
+            Behaviour::server_error()
+        } else {
+            Behaviour::Ok
+        });
+    }
+
+    /// Every request so far, whatever its path, in arrival order.
+    pub fn seen(&self) -> Vec<RecordedRequest> {
+        merged(&self.shared.lock())
+    }
+
+    /// Every request so far for `path`, in arrival order.
+    pub fn seen_on(&self, path: &str) -> Vec<RecordedRequest> {
+        self.seen().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// How many requests so far satisfy `pred`.
+    pub fn count(&self, pred: impl Fn(&RecordedRequest) -> bool) -> usize {
+        self.seen().iter().filter(|r| pred(r)).count()
+    }
+
+    /// Wait until `pred` holds on every request so far (in arrival order).
+    pub fn wait(&self, timeout: Duration, pred: impl Fn(&[RecordedRequest]) -> bool) -> bool {
+        self.wait_until(timeout, |st| pred(&merged(st)))
+    }
+
+    /// Wait until `pred` holds on the fake (checked at each change it records, or every 50 ms).
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&FakeXray) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let st = self.shared.lock();
+            let _ = self
+                .shared
+                .cond
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Documents delivered so far (as [`FakeXray::delivered_documents`]).
+    pub fn documents(&self) -> Vec<String> {
+        self.delivered_documents()
+    }
+
+    /// Wait until at least `n` documents are delivered.
+    pub fn wait_documents(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for_documents(n, timeout)
     }
 
     /// Replace the script: behaviours consumed one per request, in order.
@@ -459,6 +720,7 @@ impl FakeXray {
 impl Drop for FakeXray {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.cond.notify_all();
         // Wake the accept loop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(h) = self.accept.take() {
@@ -486,12 +748,65 @@ impl Drop for FakeXray {
     }
 }
 
+/// Every request of `st`, in arrival order.
+fn merged(st: &State) -> Vec<RecordedRequest> {
+    let mut all: Vec<RecordedRequest> = st
+        .segments
+        .iter()
+        .chain(&st.telemetry)
+        .chain(&st.other)
+        .cloned()
+        .collect();
+    all.sort_by_key(|r| r.arrival);
+    all
+}
+
+/// Accepts connections, a thread each, until the fake stops; while it is down, holds no
+/// listener (so connections are refused) and binds the same address again when it comes back.
 fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    for stream in listener.incoming() {
+    let addr = listener.local_addr().expect("fake address");
+    let mut listener = Some(listener);
+    loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        if !shared.up.load(Ordering::SeqCst) {
+            if listener.take().is_some() {
+                shared.lock().listening = false;
+                shared.cond.notify_all();
+            }
+            let st = shared.lock();
+            let _ = shared
+                .cond
+                .wait_timeout_while(st, Duration::from_secs(1), |_| {
+                    !shared.up.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst)
+                });
+            continue;
+        }
+        let Some(l) = &listener else {
+            match TcpListener::bind(addr) {
+                Ok(l) => {
+                    listener = Some(l);
+                    shared.lock().listening = true;
+                    shared.cond.notify_all();
+                }
+                // The port is briefly unavailable: try again when woken or soon after.
+                Err(_) => {
+                    let _ = shared.pause(Duration::from_millis(5));
+                }
+            }
+            continue;
+        };
+        let Ok((stream, _)) = l.accept() else {
+            continue;
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if !shared.up.load(Ordering::SeqCst) {
+            // The wake-up connection of `down`.
+            continue;
+        }
         let conn = {
             let mut st = shared.lock();
             st.connections += 1;
@@ -517,181 +832,6 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// A parsed HTTP/1.1 request.
-pub struct HttpRequest {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub chunked: bool,
-}
-
-const MAX_LINE: usize = 64 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::new();
-    let n = r
-        .by_ref()
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut buf)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if !buf.ends_with(b"\n") {
-        return Err(std::io::Error::other("line too long or truncated"));
-    }
-    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        buf.pop();
-    }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| std::io::Error::other("non-UTF-8 header line"))
-}
-
-/// Read one request; `Ok(None)` on a clean EOF between requests.
-pub fn read_http_request(
-    r: &mut impl BufRead,
-    w: &mut impl Write,
-) -> std::io::Result<Option<HttpRequest>> {
-    let line = loop {
-        match read_line(r)? {
-            None => return Ok(None),
-            Some(l) if l.is_empty() => continue,
-            Some(l) => break l,
-        }
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(std::io::Error::other(format!("bad request line {line:?}")));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(std::io::Error::other(format!("bad version {version:?}")));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
-    loop {
-        let Some(h) = read_line(r)? else {
-            return Err(std::io::Error::other("EOF in headers"));
-        };
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| std::io::Error::other(format!("bad header line {h:?}")))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    if header(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        w.flush()?;
-    }
-    let chunked = header(&headers, "transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let size_line =
-                read_line(r)?.ok_or_else(|| std::io::Error::other("EOF in chunk size"))?;
-            let size_str = size_line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_str, 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {size_line:?}")))?;
-            if size == 0 {
-                // Trailers until an empty line.
-                loop {
-                    match read_line(r)? {
-                        None => break,
-                        Some(l) if l.is_empty() => break,
-                        Some(_) => {}
-                    }
-                }
-                break;
-            }
-            if body.len() + size > MAX_BODY {
-                return Err(std::io::Error::other("body too large"));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..])?;
-            let mut crlf = Vec::new();
-            r.read_until(b'\n', &mut crlf)?;
-        }
-    } else if let Some(cl) = header(&headers, "content-length") {
-        let n: usize = cl
-            .trim()
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("bad content-length {cl:?}")))?;
-        if n > MAX_BODY {
-            return Err(std::io::Error::other("body too large"));
-        }
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    }
-    Ok(Some(HttpRequest {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body,
-        chunked,
-    }))
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-fn write_response(
-    w: &mut impl Write,
-    now: SystemTime,
-    code: u16,
-    content_type: &str,
-    body: &str,
-    request_id: &str,
-    close: bool,
-) -> std::io::Result<()> {
-    let date = jiff::Timestamp::try_from(now)
-        .ok()
-        .and_then(|t| {
-            jiff::fmt::rfc2822::DateTimePrinter::new()
-                .timestamp_to_rfc9110_string(&t)
-                .ok()
-        })
-        .unwrap_or_default();
-    let mut head = format!(
-        "HTTP/1.1 {code} {}\r\nDate: {date}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: {request_id}\r\n",
-        reason(code),
-        body.len()
-    );
-    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(body)
-        && let Some(t) = m.get("__type").and_then(|t| t.as_str())
-    {
-        head.push_str(&format!("x-amzn-ErrorType: {t}\r\n"));
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut all = head.into_bytes();
-    all.extend_from_slice(body.as_bytes());
-    w.write_all(&all)?;
-    w.flush()
-}
-
 fn serve_connection(shared: Arc<Shared>, stream: TcpStream, conn: usize) {
     let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else {
@@ -707,18 +847,18 @@ fn serve_connection(shared: Arc<Shared>, stream: TcpStream, conn: usize) {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => return,
         };
-        let close_requested =
-            header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let keep = match (req.method.as_str(), req.path.as_str()) {
-            ("POST", "/TraceSegments") => {
-                handle_segments(&shared, conn, req, &mut writer, close_requested)
+        let close = shared.config.close_connections
+            || header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let rec = base_record(&shared, conn, req);
+        let by_handler = shared.handler.as_ref().and_then(|h| h(&rec));
+        let keep = match by_handler {
+            Some(answer) => handle_other(&shared, rec, Some(answer), &mut writer, close),
+            None if rec.method == "POST" && rec.path == "/TraceSegments" => {
+                handle_segments(&shared, rec, &mut writer, close)
             }
-            ("POST", "/TelemetryRecords") => {
-                handle_simple(&shared, conn, req, &mut writer, close_requested, true)
-            }
-            _ => handle_simple(&shared, conn, req, &mut writer, close_requested, false),
+            None => handle_other(&shared, rec, None, &mut writer, close),
         };
-        if !keep || close_requested {
+        if !keep || close {
             let _ = writer.shutdown(Shutdown::Both);
             return;
         }
@@ -736,6 +876,7 @@ fn base_record(shared: &Shared, conn: usize, req: HttpRequest) -> RecordedReques
     let get = |n: &str| header(&req.headers, n).map(str::to_string);
     RecordedRequest {
         seq: 0,
+        arrival: 0,
         conn,
         security_token: get("x-amz-security-token"),
         xray_timestamp: get("x-amzn-xray-timestamp"),
@@ -757,36 +898,89 @@ fn base_record(shared: &Shared, conn: usize, req: HttpRequest) -> RecordedReques
     }
 }
 
-/// Telemetry (200 `{}`) and unknown paths (404).
-fn handle_simple(
+/// The 403 X-Ray gives a request whose signature does not verify.
+fn bad_signature(check: &SigCheck) -> Answer {
+    Answer::aws_error(
+        403,
+        "InvalidSignatureException",
+        &format!("signature mismatch (fake): {check:?}"),
+    )
+}
+
+/// The built-in answer to anything but PutTraceSegments: telemetry, the sampling APIs, instance
+/// metadata, and 404 for the rest; or the per-path override. Signed X-Ray calls are verified
+/// first. A telemetry `Delay` is returned apart, to be waited outside the lock.
+fn builtin_answer(shared: &Shared, st: &State, rec: &RecordedRequest) -> (Answer, Duration) {
+    let signed_api = rec.method == "POST"
+        && matches!(
+            rec.path.as_str(),
+            "/TelemetryRecords"
+                | "/GetSamplingRules"
+                | "/SamplingTargets"
+                | "/SamplingStatisticSummaries"
+        );
+    let checked = signed_api || st.answers.contains_key(&rec.path);
+    if checked && !rec.signature.is_ok() && shared.config.reject_bad_signatures {
+        return (bad_signature(&rec.signature), Duration::ZERO);
+    }
+    if let Some(a) = st.answers.get(&rec.path) {
+        return (a.clone(), Duration::ZERO);
+    }
+    let ok = |body: &str| (Answer::json(200, body), Duration::ZERO);
+    match (rec.method.as_str(), rec.path.as_str()) {
+        ("POST", "/TelemetryRecords") => {
+            let mut b = st.telemetry_default.clone();
+            let mut wait = Duration::ZERO;
+            while let Behaviour::Delay(d, inner) = b {
+                wait += d;
+                b = *inner;
+            }
+            let answer = match b {
+                Behaviour::Status(code, body) => Answer::json(code, &body),
+                Behaviour::Garbage => Answer::new(200, "text/html", "<html>not JSON</html>"),
+                _ => Answer::json(200, "{}"),
+            };
+            (answer, wait)
+        }
+        ("POST", "/GetSamplingRules") => ok(DEFAULT_RULES),
+        ("POST", "/SamplingTargets") => ok(&sampling_targets(&rec.body)),
+        ("POST", "/SamplingStatisticSummaries") => ok(EMPTY_SUMMARIES),
+        ("PUT", "/latest/api/token") => (Answer::text(200, "fake-token"), Duration::ZERO),
+        (_, p) if p.starts_with("/latest/meta-data/") => {
+            match st.metadata.get(p.trim_start_matches("/latest/meta-data/")) {
+                Some(v) => (Answer::text(200, v), Duration::ZERO),
+                None => (Answer::text(404, ""), Duration::ZERO),
+            }
+        }
+        _ => (
+            Answer::aws_error(404, "UnknownOperationException", "no such path (fake)"),
+            Duration::ZERO,
+        ),
+    }
+}
+
+/// Everything but PutTraceSegments: recorded, answered by `answer` (a handler's) or the
+/// built-in routes, after the fake's delay.
+fn handle_other(
     shared: &Shared,
-    conn: usize,
-    req: HttpRequest,
+    mut rec: RecordedRequest,
+    answer: Option<Answer>,
     w: &mut TcpStream,
     close: bool,
-    telemetry: bool,
 ) -> bool {
-    let mut rec = base_record(shared, conn, req);
-    let (code, body) = if !telemetry {
-        (
-            404,
-            r#"{"__type":"UnknownOperationException","message":"no such path (fake)"}"#,
-        )
-    } else if !rec.signature.is_ok() && shared.config.reject_bad_signatures {
-        (
-            403,
-            r#"{"__type":"InvalidSignatureException","message":"signature mismatch (fake)"}"#,
-        )
-    } else {
-        (200, "{}")
-    };
-    rec.status = Some(code);
-    rec.answered_at = Some(Instant::now());
-    {
+    let telemetry = rec.method == "POST" && rec.path == "/TelemetryRecords";
+    let (seq, answer, wait) = {
         let mut st = shared.lock();
-        if !rec.signature.is_ok() && telemetry {
+        let (answer, mut wait) = match answer {
+            Some(a) => (a, Duration::ZERO),
+            None => builtin_answer(shared, &st, &rec),
+        };
+        wait += st.delay;
+        if telemetry && !rec.signature.is_ok() {
             st.bad_signatures += 1;
         }
+        rec.arrival = st.arrivals;
+        st.arrivals += 1;
         let list = if telemetry {
             &mut st.telemetry
         } else {
@@ -795,14 +989,29 @@ fn handle_simple(
         rec.seq = list.len();
         list.push(rec);
         shared.cond.notify_all();
+        (list.len() - 1, answer, wait)
+    };
+    if !wait.is_zero() && !shared.pause(wait) {
+        return false;
+    }
+    {
+        let mut st = shared.lock();
+        let list = if telemetry {
+            &mut st.telemetry
+        } else {
+            &mut st.other
+        };
+        list[seq].status = Some(answer.status);
+        list[seq].answered_at = Some(Instant::now());
+        shared.cond.notify_all();
     }
     write_response(
         w,
         shared.now(),
-        code,
-        "application/json",
-        body,
-        "fake-simple",
+        answer.status,
+        &answer.content_type,
+        &answer.body,
+        &format!("fake-other-{seq}"),
         close,
     )
     .is_ok()
@@ -901,18 +1110,16 @@ fn choose_behaviour(shared: &Shared, st: &mut State, rec: &RecordedRequest) -> B
 
 fn handle_segments(
     shared: &Shared,
-    conn: usize,
-    req: HttpRequest,
+    mut rec: RecordedRequest,
     w: &mut TcpStream,
     close: bool,
 ) -> bool {
-    let mut rec = base_record(shared, conn, req);
     match parse_documents(&rec.body) {
         Ok(d) => rec.documents = d,
         Err(e) => rec.json_error = Some(e),
     }
     let documents = rec.documents.clone();
-    let (seq, behaviour) = {
+    let (seq, behaviour, delay) = {
         let mut st = shared.lock();
         if !rec.signature.is_ok() {
             st.bad_signatures += 1;
@@ -920,20 +1127,21 @@ fn handle_segments(
         let b = choose_behaviour(shared, &mut st, &rec);
         rec.behaviour = Some(b.clone());
         rec.seq = st.segments.len();
+        rec.arrival = st.arrivals;
+        st.arrivals += 1;
         let seq = rec.seq;
         st.segments.push(rec);
         shared.cond.notify_all();
-        (seq, b)
+        (seq, b, st.delay)
     };
     // Resolve delays (interruptible by stop).
+    if !delay.is_zero() && !shared.pause(delay) {
+        return false;
+    }
     let mut b = behaviour;
     while let Behaviour::Delay(d, inner) = b {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            if shared.stop.load(Ordering::SeqCst) {
-                return false;
-            }
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
+        if !shared.pause(d) {
+            return false;
         }
         b = *inner;
     }
@@ -1002,7 +1210,7 @@ fn handle_segments(
         shared.now(),
         code,
         content_type,
-        &body,
+        body.as_bytes(),
         &request_id,
         close,
     )

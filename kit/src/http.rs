@@ -162,3 +162,18 @@ impl Client {
         self.read_response()
     }
 }
+
+/// A JSON content-type header, as SDKs send.
+pub fn json_headers() -> Vec<(String, String)> {
+    vec![
+        ("Host".into(), "127.0.0.1".into()),
+        ("Content-Type".into(), "application/json".into()),
+    ]
+}
+
+/// One request (JSON headers) on a fresh connection; panics if it fails.
+pub fn one_shot(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut c = Client::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    c.request(method, path, &json_headers(), body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}

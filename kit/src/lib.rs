@@ -1,46 +1,50 @@
 //! xrayd's test kit, shared by the integration tests and the benchmark harness: hand-written
-//! SHA-256/HMAC, an independent SigV4 verifier, a fake X-Ray service, a runner for the real daemon
-//! binary and helpers to send segments over UDP. It treats xrayd as a black box: nothing here
-//! imports the daemon's library.
+//! SHA-256/HMAC, an independent SigV4 verifier, one fake AWS endpoint (X-Ray, sampling, STS,
+//! container and instance-metadata credentials), one runner for the real daemon binary and its
+//! child processes, UDP senders, an HTTP client, a Prometheus parser, scratch directories,
+//! hermetic environments, condition waits and the skip report. It treats xrayd as a black box:
+//! nothing here imports the daemon's library.
 
+pub mod answers;
 pub mod crypto;
 pub mod daemon;
+pub mod env;
 pub mod fake_xray;
 pub mod http;
+pub mod metrics;
+pub mod process;
 pub mod sigv4;
+pub mod skip;
+pub mod tempdir;
 pub mod udp;
+pub mod wait;
+pub mod wire;
 
+pub use answers::{Answer, DEFAULT_RULES, creds_json, rfc3339_in, sts_error, sts_ok};
 pub use crypto::{hex, hmac_sha256, sha256, sha256_hex};
-pub use daemon::{Daemon, parse_final_counts, parse_listening_line};
+pub use daemon::{
+    Daemon, local_sink_args, parse_final_counts, parse_listening_line, parse_proxy_line,
+};
+pub use env::{Env, hermetic_command};
 pub use fake_xray::{
     Behaviour, FakeConfig, FakeXray, RandomFaults, RecordedRequest, TEST_ACCESS_KEY, TEST_REGION,
     TEST_SECRET_KEY, document_id,
 };
+pub use http::{json_headers, one_shot};
+pub use metrics::{Exposition, parse_prometheus, scrape};
+pub use process::{Proc, Ran, run_to_end};
 pub use sigv4::{SigCheck, Verifier, WireRequest};
-pub use udp::{Pace, make_segment, segment_id, segment_index, send_raw, send_segments};
+pub use skip::{run_or_skip, skip};
+pub use tempdir::{TempDir, scratch_dir};
+pub use udp::{
+    Pace, make_segment, sdk_datagram, segment_id, segment_index, send_datagrams, send_raw,
+    send_segments, small_segment,
+};
+pub use wait::{poll, poll_until, wait_for_file};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Polls `probe` every 20 ms until it returns `Some`, and returns that value; after `timeout`,
-/// panics with `what()`. For states the daemon reaches at a moment of its own.
-pub fn poll_until<T>(
-    timeout: Duration,
-    what: impl FnOnce() -> String,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!("not within {timeout:?}: {}", what());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Send documents (one datagram each) in chunks, waiting after each chunk until
 /// `fake` has received all but `window` of them, so that the kernel's UDP

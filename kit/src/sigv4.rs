@@ -220,6 +220,19 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .map(|(_, v)| v.as_str())
 }
 
+/// The access key id of a SigV4 `Authorization` header value.
+pub fn auth_key_id(value: &str) -> Option<String> {
+    parse_authorization(value).ok().map(|a| a.access_key_id)
+}
+
+/// The credential scope (`date/region/service/aws4_request`) of a SigV4 `Authorization` header
+/// value.
+pub fn auth_scope(value: &str) -> Option<String> {
+    parse_authorization(value)
+        .ok()
+        .map(|a| format!("{}/{}/{}/{}", a.date, a.region, a.service, a.terminator))
+}
+
 /// Parse `AWS4-HMAC-SHA256 Credential=AK/date/region/service/aws4_request,
 /// SignedHeaders=a;b, Signature=hex`.
 pub fn parse_authorization(value: &str) -> Result<Authorization, String> {

@@ -1,4 +1,5 @@
-//! Sending segments to the daemon over real UDP sockets.
+//! Sending segments to the daemon over real UDP sockets: the datagram format (header and
+//! document), paced senders, and the documents the tests send.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,36 @@ impl Pace {
         burst: usize::MAX,
         pause: Duration::ZERO,
     };
+}
+
+/// The header as the AWS SDKs write it (with spaces).
+pub const SDK_HEADER: &str = "{\"format\": \"json\", \"version\": 1}\n";
+
+/// `SDK_HEADER` + `doc`: the datagram an SDK sends.
+pub fn sdk_datagram(doc: &str) -> Vec<u8> {
+    format!("{SDK_HEADER}{doc}").into_bytes()
+}
+
+/// Sends whole datagrams to `to` as they are, pausing `gap` between them (pacing is the
+/// scenario: none with `Duration::ZERO`).
+pub fn send_datagrams(to: SocketAddr, datagrams: &[Vec<u8>], gap: Duration) {
+    let sock = sender_for(to);
+    for d in datagrams {
+        send_one(&sock, to, d);
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+}
+
+/// A small valid segment document of about `size` bytes (at least ~100): fixed times, the
+/// `id` encoding `i`, padding in a `pad` field.
+pub fn small_segment(i: u64, size: usize) -> String {
+    let head = format!(
+        "{{\"trace_id\":\"1-5759e988-bd862e3fe1be46a9{i:08x}\",\"id\":\"{i:016x}\",\"name\":\"svc\",\"start_time\":1.0,\"end_time\":2.0,\"pad\":\""
+    );
+    let pad = size.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
 }
 
 /// `HEADER` + `doc`.
