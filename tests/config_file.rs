@@ -2,13 +2,14 @@
 //! names the file and the key and exits 1, and flag > `-c` file > discovered `./cfg.yaml` >
 //! default holds for every key of contract §2.
 
-#[path = "telemetry_support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{Daemon, TempDir, datagram, local_sink_args, run, segment, send, wait_for_file};
+use support::{
+    Daemon, TempDir, local_sink_args, sdk_datagram, send_datagrams, small_segment, wait_for_file,
+};
 
 /// The cfg.yaml the AWS daemon's Docker image installs as `/etc/amazon/xray/cfg.yaml`
 /// (aws-xray-daemon `pkg/cfg.yaml`): Version 2 with every key.
@@ -106,13 +107,13 @@ fn unquote(v: &str) -> String {
 fn effective(dir: &TempDir, args: &[&str], envs: &[(&str, &str)]) -> HashMap<String, String> {
     let mut a = vec!["--print-config"];
     a.extend_from_slice(args);
-    let r = run(dir.path(), &a, envs);
+    let r = Daemon::run(dir.path(), &a, envs);
     assert_eq!(r.code, Some(0), "{args:?}: {r:?}");
     printed(&r.stdout)
 }
 
 fn fails(dir: &TempDir, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let r = run(dir.path(), args, envs);
+    let r = Daemon::run(dir.path(), args, envs);
     assert_eq!(r.code, Some(1), "{args:?} should fail: {r:?}");
     assert!(
         r.stderr.starts_with("xrayd: "),
@@ -143,7 +144,7 @@ fn the_images_shipped_file_loads_with_c_and_when_discovered() {
 
     // Discovered as ./cfg.yaml in the working directory.
     dir.write("cfg.yaml", SHIPPED_V2);
-    let r = run(dir.path(), &["--print-config"], &env);
+    let r = Daemon::run(dir.path(), &["--print-config"], &env);
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(
         r.stdout.contains("# Config files read: cfg.yaml\n"),
@@ -157,7 +158,7 @@ fn the_images_shipped_file_loads_with_c_and_when_discovered() {
 
     // And the daemon runs with it (flags move the sockets off the file's fixed port).
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-c", &path]), &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &local_sink_args(&sink, &["-c", &path]), &[]);
     d.line("Using config file ", Duration::from_secs(10));
     d.udp_addr();
     assert!(d.stop().success(), "{}", d.log());
@@ -319,7 +320,7 @@ fn a_discovered_file_warns_about_unknown_keys_but_not_about_anything_else() {
         "cfg.yaml",
         "Version: 2\nFoo: 1\nMemoryLimit: 64\nRegion: eu-north-1\n",
     );
-    let r = run(dir.path(), &["--print-config"], &[]);
+    let r = Daemon::run(dir.path(), &["--print-config"], &[]);
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(
         r.stderr.contains("config file cfg.yaml: unknown key Foo"),
@@ -332,7 +333,7 @@ fn a_discovered_file_warns_about_unknown_keys_but_not_about_anything_else() {
     assert_eq!(printed(&r.stdout)["Region"], "eu-north-1");
 
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &[]), &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &local_sink_args(&sink, &[]), &[]);
     let w = d.line("unknown key Foo", Duration::from_secs(10));
     assert!(
         w.contains("[Warn] config file cfg.yaml: unknown key Foo"),
@@ -496,11 +497,12 @@ fn the_daemon_runs_with_the_layered_values() {
     );
     let sink = dir.file("segments.jsonl");
     // Discovered file: its address; its level (warn) hides the info lines.
-    let mut d = Daemon::spawn(dir.path(), &["--local-sink", &sink, "-l", "info"], &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &["--local-sink", &sink, "-l", "info"], &[]);
     assert_eq!(d.udp_addr().to_string(), format!("127.0.0.1:{p_auto}"));
     assert!(d.stop().success());
-    let mut d = Daemon::spawn(dir.path(), &["--local-sink", &sink], &[]);
-    std::thread::sleep(Duration::from_secs(1));
+    let mut d = Daemon::spawn_at(dir.path(), &["--local-sink", &sink], &[]);
+    // Up (its UDP socket open, so every start-up line is written) before it stops.
+    d.udp_socket(Duration::from_secs(10)).expect("UDP socket");
     assert!(d.stop().success(), "{}", d.log());
     assert_eq!(
         d.count("[Info]"),
@@ -510,7 +512,7 @@ fn the_daemon_runs_with_the_layered_values() {
     );
 
     // -c beats the discovered file: its address, level and log file.
-    let mut d = Daemon::spawn(dir.path(), &["-c", &c, "--local-sink", &sink], &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &["-c", &c, "--local-sink", &sink], &[]);
     let wait_for_text = |path: &str, what: &str| {
         wait_for_file(
             path,
@@ -522,7 +524,7 @@ fn the_daemon_runs_with_the_layered_values() {
         &log,
         &format!("Listening for segments on UDP 127.0.0.1:{p_c}"),
     );
-    support::send(
+    send_datagrams(
         format!("127.0.0.1:{p_c}").parse().unwrap(),
         &[b"not a datagram".to_vec()],
         Duration::ZERO,
@@ -537,7 +539,7 @@ fn the_daemon_runs_with_the_layered_values() {
 
     // Flags beat both.
     let flag_log = dir.file("from-flag.log");
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &[
             "-c",
@@ -660,7 +662,7 @@ fn the_proxy_password_is_never_shown() {
     );
 
     // Running: uploads and telemetry through a proxy that refuses connections.
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &[
             "-b",
@@ -682,7 +684,7 @@ fn the_proxy_password_is_never_shown() {
         ],
     );
     let udp = d.udp_addr();
-    send(udp, &[datagram(&segment(1, 100))], Duration::ZERO);
+    send_datagrams(udp, &[sdk_datagram(&small_segment(1, 100))], Duration::ZERO);
     d.line("failed to send", Duration::from_secs(20));
     d.line(
         "Sending batch of 1 segments failed",

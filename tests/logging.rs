@@ -2,15 +2,14 @@
 //! with rotation (and `Logging.LogRotation: false`), and a log output that fails or stalls never
 //! stopping ingest.
 
-#[path = "telemetry_support/mod.rs"]
-mod support;
-
-/// The scriptable fake of X-Ray, for answers that carry hostile text.
-use xrayd_kit as xray_support;
+use xrayd_kit as support;
 
 use std::time::{Duration, Instant};
 
-use support::{Daemon, TempDir, datagram, local_sink_args, segment, send, wait_for_file};
+use support::{
+    Daemon, TempDir, daemon::udp_unread_bytes, local_sink_args, sdk_datagram, send_datagrams,
+    small_segment, wait_for_file,
+};
 
 const LEVELS: [&str; 5] = ["Trace", "Debug", "Info", "Warn", "Error"];
 
@@ -69,11 +68,11 @@ fn udp_addr_from_log_file(log: &str) -> std::net::SocketAddr {
 fn lines_follow_the_aws_daemon_format_and_prod_is_info() {
     let dir = TempDir::new("log-format");
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-l", "prod"]), &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &local_sink_args(&sink, &["-l", "prod"]), &[]);
     let udp = d.udp_addr();
-    send(
+    send_datagrams(
         udp,
-        &[b"junk".to_vec(), datagram(&segment(1, 100))],
+        &[b"junk".to_vec(), sdk_datagram(&small_segment(1, 100))],
         Duration::ZERO,
     );
     d.line(
@@ -103,7 +102,7 @@ fn lines_follow_the_aws_daemon_format_and_prod_is_info() {
     }
 
     // Local time with an offset outside UTC.
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &[]),
         &[("TZ", "<+0530>-5:30")],
@@ -119,15 +118,15 @@ fn debug_and_dev_levels_and_silent() {
     let dir = TempDir::new("log-levels");
     let sink = dir.file("segments.jsonl");
     for level in ["debug", "dev"] {
-        let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-l", level]), &[]);
-        send(d.udp_addr(), &[b"junk".to_vec()], Duration::ZERO);
+        let mut d = Daemon::spawn_at(dir.path(), &local_sink_args(&sink, &["-l", level]), &[]);
+        send_datagrams(d.udp_addr(), &[b"junk".to_vec()], Duration::ZERO);
         d.line(
             "[Debug] Rejected datagram (no_newline)",
             Duration::from_secs(10),
         );
         assert!(d.stop().success());
     }
-    let mut d = Daemon::spawn(dir.path(), &local_sink_args(&sink, &["-l", "silent"]), &[]);
+    let mut d = Daemon::spawn_at(dir.path(), &local_sink_args(&sink, &["-l", "silent"]), &[]);
     assert!(d.stop().success());
     assert!(d.lines().is_empty(), "silent: {}", d.log());
 }
@@ -136,7 +135,7 @@ fn debug_and_dev_levels_and_silent() {
 fn json_lines_parse_as_json() {
     let dir = TempDir::new("log-json");
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &["-l", "debug", "--log-format", "json"]),
         &[
@@ -145,11 +144,11 @@ fn json_lines_parse_as_json() {
         ],
     );
     let udp = d.udp_addr();
-    send(
+    send_datagrams(
         udp,
         &[
             b"bad \"quoted\"\n\x01\xff".to_vec(),
-            datagram(&segment(1, 100)),
+            sdk_datagram(&small_segment(1, 100)),
         ],
         Duration::ZERO,
     );
@@ -190,17 +189,17 @@ fn the_log_file_rotates_keeping_one_rolled_file_and_keeps_writing() {
     let dir = TempDir::new("log-rotate");
     let sink = dir.file("segments.jsonl");
     let log = dir.file("xrayd.log");
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &["-l", "debug", "-f", &log]),
         &[("XRAYD_LOG_ROTATE_BYTES", "4096")],
     );
     let udp = udp_addr_from_log_file(&log);
-    send(udp, &junk(200), Duration::from_micros(200));
+    send_datagrams(udp, &junk(200), Duration::from_micros(200));
     let rolled = format!("{log}.1");
     wait_for_file(&rolled, |t| !t.is_empty(), "rolled file");
     // Keeps writing after rotating.
-    send(udp, &[datagram(&segment(1, 100))], Duration::ZERO);
+    send_datagrams(udp, &[sdk_datagram(&small_segment(1, 100))], Duration::ZERO);
     wait_for_file(&sink, |t| t.lines().count() == 1, "segment delivered");
     assert!(d.stop().success());
     assert!(
@@ -235,13 +234,13 @@ fn log_rotation_false_in_the_config_file_disables_rotation() {
             "Version: 2\nLogging:\n  LogRotation: false\n  LogLevel: debug\n  LogPath: {log}\n"
         ),
     );
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &[]),
         &[("XRAYD_LOG_ROTATE_BYTES", "4096")],
     );
     let udp = udp_addr_from_log_file(&log);
-    send(udp, &junk(100), Duration::from_micros(200));
+    send_datagrams(udp, &junk(100), Duration::from_micros(200));
     wait_for_file(
         &log,
         |t| t.matches("Rejected datagram (").count() == 100,
@@ -254,12 +253,7 @@ fn log_rotation_false_in_the_config_file_disables_rotation() {
 
 /// xrayd at `-l debug` writing to `sink`, with its stdout (the log) left unread.
 fn spawn_debug_stdout_unread(dir: &TempDir, sink: &str) -> Daemon {
-    Daemon::spawn_with(
-        dir.path(),
-        &local_sink_args(sink, &["-l", "debug"]),
-        &[],
-        false,
-    )
+    Daemon::spawn_at_stdout_unread(dir.path(), &local_sink_args(sink, &["-l", "debug"]), &[])
 }
 
 #[test]
@@ -270,9 +264,11 @@ fn a_closed_log_output_does_not_stop_the_daemon() {
     // Nobody reads stdout any more: every log write fails (EPIPE).
     drop(d.unread_stdout.take());
     let addr = d.udp_socket(Duration::from_secs(10)).expect("UDP socket");
-    send(addr, &junk(50), Duration::ZERO);
-    let docs: Vec<Vec<u8>> = (0..3).map(|i| datagram(&segment(i, 100))).collect();
-    send(addr, &docs, Duration::ZERO);
+    send_datagrams(addr, &junk(50), Duration::ZERO);
+    let docs: Vec<Vec<u8>> = (0..3)
+        .map(|i| sdk_datagram(&small_segment(i, 100)))
+        .collect();
+    send_datagrams(addr, &docs, Duration::ZERO);
     wait_for_file(
         &sink,
         |t| t.lines().count() == 3,
@@ -296,13 +292,21 @@ fn a_stalled_log_output_never_blocks_ingest() {
     // Far more log lines than the pipe (64 KiB) and the log queue hold; paced so that the kernel
     // keeps the datagrams.
     for chunk in junk(20_000).chunks(500) {
-        send(addr, chunk, Duration::ZERO);
+        send_datagrams(addr, chunk, Duration::ZERO);
+        // Pacing is the scenario: 5 ms between chunks of 500 datagrams.
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let docs: Vec<Vec<u8>> = (0..5).map(|i| datagram(&segment(i, 100))).collect();
+    // The daemon has read every junk datagram (its socket holds none) before the segments go.
+    support::poll_until(
+        Duration::from_secs(10),
+        || format!("junk still unread: {:?}", udp_unread_bytes(addr.port())),
+        || (udp_unread_bytes(addr.port()) == Some(0)).then_some(()),
+    );
+    let docs: Vec<Vec<u8>> = (0..5)
+        .map(|i| sdk_datagram(&small_segment(i, 100)))
+        .collect();
     let sent = Instant::now();
-    send(addr, &docs, Duration::from_millis(2));
+    send_datagrams(addr, &docs, Duration::from_millis(2));
     wait_for_file(&sink, |t| t.lines().count() == 5, "segments delivered");
     assert!(sent.elapsed() < Duration::from_secs(5));
     let stopping = Instant::now();
@@ -317,7 +321,7 @@ fn a_stalled_log_output_never_blocks_ingest() {
 /// newline and a fake time stamp must not become a line of its own, nor may ESC reach a terminal.
 #[test]
 fn ids_and_messages_from_x_ray_cannot_forge_log_lines() {
-    use xray_support::{Behaviour, FakeXray, make_segment, send_segments};
+    use support::{Behaviour, FakeXray, make_segment, send_segments};
     let answer = serde_json::json!({ "UnprocessedTraceSegments": [{
         "Id": "abc\n2026-01-01T00:00:00Z [Error] forged\u{1b}[31m",
         "ErrorCode": "Bad\u{1b}]0;title\u{7}",
@@ -327,13 +331,13 @@ fn ids_and_messages_from_x_ray_cannot_forge_log_lines() {
     for format in ["text", "json"] {
         let fake = FakeXray::start();
         fake.set_default(Behaviour::Status(200, answer.clone()));
-        let mut d = xray_support::Daemon::for_fake(&fake, &["--log-format", format], &[]);
+        let mut d = support::Daemon::for_fake(&fake, &["--log-format", format], &[]);
         let udp = if format == "json" {
             let line = d
                 .wait_for_line("Listening for segments", Duration::from_secs(10))
                 .expect("start-up line");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            xray_support::parse_listening_line(v["message"].as_str().unwrap()).unwrap()
+            support::parse_listening_line(v["message"].as_str().unwrap()).unwrap()
         } else {
             d.udp_addr()
         };

@@ -2,17 +2,80 @@
 //! counter of contract §7 adds up exactly after a known mix of outcomes, records survive an outage,
 //! the identity comes from the environment or instance metadata, and the local sink logs records.
 
-#[path = "telemetry_support/mod.rs"]
-mod support;
+use xrayd_kit as support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
-    ACCESS_KEY, Daemon, Fake, Reply, SECRET_KEY, TempDir, Totals, datagram, local_sink_args,
-    segment, send,
+    Behaviour, Daemon, FakeConfig, FakeXray, RecordedRequest, TempDir, local_sink_args,
+    sdk_datagram, send_datagrams, small_segment,
 };
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+const ACCESS_KEY: &str = "AKIDTELEMETRYTEST";
+const SECRET_KEY: &str = "telemetry/Test+Secret0123456789EXAMPLE";
+
+/// The fake X-Ray (and instance metadata) of these tests: it knows the telemetry test key and
+/// closes every connection after its answer, so that while it is down every call is refused.
+fn start_fake() -> FakeXray {
+    FakeXray::start_with(FakeConfig {
+        credentials: vec![(ACCESS_KEY.to_string(), SECRET_KEY.to_string())],
+        close_connections: true,
+        ..FakeConfig::default()
+    })
+}
+
+/// A PutTraceSegments answer that comes later than the daemon's upload timeout (3 s here): the
+/// fake waits 4 s, then closes the connection without answering.
+fn timeout() -> Behaviour {
+    Behaviour::delay(Duration::from_secs(4), Behaviour::CloseConnection)
+}
+
+/// Sums of the records of PutTelemetryRecords bodies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Totals {
+    records: usize,
+    received: u64,
+    sent: u64,
+    spillover: u64,
+    rejected: u64,
+    timeout: u64,
+    refused: u64,
+    http4xx: u64,
+    http5xx: u64,
+    unknown_host: u64,
+    other: u64,
+}
+
+impl Totals {
+    fn add_record(&mut self, r: &serde_json::Value) {
+        let n = |v: &serde_json::Value| v.as_u64().expect("a count");
+        let e = &r["BackendConnectionErrors"];
+        self.records += 1;
+        self.received += n(&r["SegmentsReceivedCount"]);
+        self.sent += n(&r["SegmentsSentCount"]);
+        self.spillover += n(&r["SegmentsSpilloverCount"]);
+        self.rejected += n(&r["SegmentsRejectedCount"]);
+        self.timeout += n(&e["TimeoutCount"]);
+        self.refused += n(&e["ConnectionRefusedCount"]);
+        self.http4xx += n(&e["HTTPCode4XXCount"]);
+        self.http5xx += n(&e["HTTPCode5XXCount"]);
+        self.unknown_host += n(&e["UnknownHostCount"]);
+        self.other += n(&e["OtherCount"]);
+    }
+
+    /// The sums over every record of these requests (answered 200 only: failed calls are resent).
+    fn of(requests: &[RecordedRequest]) -> Totals {
+        let mut t = Totals::default();
+        for req in requests.iter().filter(|r| r.succeeded()) {
+            for r in req.json()["TelemetryRecords"].as_array().expect("records") {
+                t.add_record(r);
+            }
+        }
+        t
+    }
+}
 
 fn args<'a>(endpoint: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -40,8 +103,11 @@ fn creds<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     e
 }
 
-fn count(reqs: &[support::Request], reply: &Reply) -> u64 {
-    reqs.iter().filter(|r| &r.reply == reply).count() as u64
+/// Requests answered with `behaviour`.
+fn count(reqs: &[RecordedRequest], behaviour: &Behaviour) -> u64 {
+    reqs.iter()
+        .filter(|r| r.behaviour.as_ref() == Some(behaviour))
+        .count() as u64
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
@@ -53,9 +119,9 @@ fn epoch_secs(t: SystemTime) -> f64 {
 #[test]
 fn every_counter_adds_up_exactly() {
     let dir = TempDir::new("telemetry-mix");
-    let fake = Fake::start();
+    let fake = start_fake();
     let endpoint = fake.endpoint();
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &args(
             &endpoint,
@@ -85,7 +151,8 @@ fn every_counter_adds_up_exactly() {
     );
     let udp = d.udp_addr();
 
-    // No record before the first datagram.
+    // No record before the first datagram: the absence is checked over more than three
+    // telemetry intervals (200 ms), so this wait is the scenario.
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         fake.telemetry_requests().is_empty(),
@@ -95,28 +162,30 @@ fn every_counter_adds_up_exactly() {
     // 1. Exactly one refused connection: X-Ray is down for the first attempt, back before the retry
     //    (the retry waits at least half the 2 s base delay).
     fake.down();
-    send(udp, &[datagram(&segment(1, 200))], Duration::ZERO);
+    send_datagrams(udp, &[sdk_datagram(&small_segment(1, 200))], Duration::ZERO);
     d.line("Sending batch of 1 segments failed", SECS(10));
     fake.up();
     assert!(
-        fake.wait_until(SECS(10), |f| f.delivered() == 1),
+        fake.wait_for(SECS(10), |f| f.delivered_count() == 1),
         "{}",
         d.log()
     );
 
     // 2. One batch of 3 meets two throttles, two server errors and two timeouts, then goes in.
-    fake.script_segments(&[
-        Reply::Status(429),
-        Reply::Status(429),
-        Reply::Status(500),
-        Reply::Status(500),
-        Reply::Delay(Duration::from_secs(4)),
-        Reply::Delay(Duration::from_secs(4)),
+    fake.set_script(vec![
+        Behaviour::status(429),
+        Behaviour::status(429),
+        Behaviour::status(500),
+        Behaviour::status(500),
+        timeout(),
+        timeout(),
     ]);
-    let three: Vec<Vec<u8>> = (2..5).map(|i| datagram(&segment(i, 300))).collect();
-    send(udp, &three, Duration::ZERO);
+    let three: Vec<Vec<u8>> = (2..5)
+        .map(|i| sdk_datagram(&small_segment(i, 300)))
+        .collect();
+    send_datagrams(udp, &three, Duration::ZERO);
     assert!(
-        fake.wait_until(SECS(60), |f| f.delivered() == 4),
+        fake.wait_for(SECS(60), |f| f.delivered_count() == 4),
         "{}",
         d.log()
     );
@@ -130,7 +199,7 @@ fn every_counter_adds_up_exactly() {
         b"{\"format\":\"json\",\"version\":1}\n[1,2]".to_vec(),
         b"{\"format\":\"json\",\"version\":1}\n{not json".to_vec(),
     ];
-    send(udp, &malformed, Duration::from_millis(1));
+    send_datagrams(udp, &malformed, Duration::from_millis(1));
     assert!(
         d.wait_for(SECS(10), |l| l
             .iter()
@@ -142,15 +211,17 @@ fn every_counter_adds_up_exactly() {
     );
 
     // 4. More than the 3 MB budget arrives while X-Ray answers 500: the oldest spill over.
-    fake.segments_default(Reply::Status(500));
-    let big: Vec<Vec<u8>> = (100..250).map(|i| datagram(&segment(i, 30_000))).collect();
-    send(udp, &big, Duration::from_millis(2));
+    fake.set_default(Behaviour::status(500));
+    let big: Vec<Vec<u8>> = (100..250)
+        .map(|i| sdk_datagram(&small_segment(i, 30_000)))
+        .collect();
+    send_datagrams(udp, &big, Duration::from_millis(2));
     d.line("Segment buffer full", SECS(10));
-    assert!(fake.wait_until(SECS(20), |f| count(
-        &f.segment_requests(),
-        &Reply::Status(500)
-    ) >= 4));
-    fake.segments_default(Reply::Ok);
+    assert!(
+        fake.wait_for(SECS(20), |f| count(&f.requests(), &Behaviour::status(500))
+            >= 4)
+    );
+    fake.set_default(Behaviour::Ok);
     let good = 1 + three.len() + big.len();
 
     // 5. Shutdown drains the rest and sends the final record.
@@ -160,25 +231,25 @@ fn every_counter_adds_up_exactly() {
     assert_eq!(fc["dropped_at_shutdown"], 0, "{fc:?}");
     assert_eq!(fc["unprocessed"], 0, "{fc:?}");
 
-    let segs = fake.segment_requests();
+    let segs = fake.requests();
     let telemetry = fake.telemetry_requests();
     assert!(
         telemetry
             .iter()
-            .any(|r| r.at >= stopping && r.reply == Reply::Ok),
+            .any(|r| r.received_at >= stopping && r.succeeded()),
         "the final record is sent at shutdown"
     );
-    let delivered = fake.delivered() as u64;
+    let delivered = fake.delivered_count() as u64;
     let expected = Totals {
         records: 0,
         received: (good + malformed.len()) as u64,
         sent: delivered,
         spillover: good as u64 - delivered,
         rejected: malformed.len() as u64,
-        timeout: count(&segs, &Reply::Delay(Duration::from_secs(4))),
+        timeout: count(&segs, &timeout()),
         refused: 1,
-        http4xx: count(&segs, &Reply::Status(429)),
-        http5xx: count(&segs, &Reply::Status(500)),
+        http4xx: count(&segs, &Behaviour::status(429)),
+        http5xx: count(&segs, &Behaviour::status(500)),
         unknown_host: 0,
         other: 0,
     };
@@ -222,9 +293,9 @@ fn every_counter_adds_up_exactly() {
 #[test]
 fn records_survive_an_outage_and_arrive_later() {
     let dir = TempDir::new("telemetry-outage");
-    let fake = Fake::start();
+    let fake = start_fake();
     let endpoint = fake.endpoint();
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &args(&endpoint, &["-o"]),
         // An outage of ~3 s makes ~20 records: ten per call twice over, and room to spare before
@@ -232,38 +303,39 @@ fn records_survive_an_outage_and_arrive_later() {
         &creds(&[("XRAYD_TELEMETRY_INTERVAL_MS", "150")]),
     );
     let udp = d.udp_addr();
-    send(udp, &[datagram(&segment(1, 100))], Duration::ZERO);
-    assert!(fake.wait_until(SECS(10), |f| {
-        f.telemetry_requests().iter().any(|r| r.reply == Reply::Ok)
+    send_datagrams(udp, &[sdk_datagram(&small_segment(1, 100))], Duration::ZERO);
+    assert!(fake.wait_for(SECS(10), |f| {
+        f.telemetry_requests().iter().any(|r| r.succeeded())
     }));
 
-    fake.telemetry_default(Reply::Status(503));
+    fake.set_telemetry_default(Behaviour::status(503));
     let outage_start = SystemTime::now();
     for i in 2..7 {
-        send(udp, &[datagram(&segment(i, 100))], Duration::ZERO);
+        send_datagrams(udp, &[sdk_datagram(&small_segment(i, 100))], Duration::ZERO);
+        // Pacing is the scenario: an outage of ~2 s, with traffic all along.
         std::thread::sleep(Duration::from_millis(400));
     }
-    assert!(fake.wait_until(SECS(10), |f| f.delivered() == 6));
+    assert!(fake.wait_for(SECS(10), |f| f.delivered_count() == 6));
     let outage_end = SystemTime::now();
     let recovered = Instant::now();
-    fake.telemetry_default(Reply::Ok);
+    fake.set_telemetry_default(Behaviour::Ok);
     assert!(
-        fake.wait_until(SECS(10), |f| f
+        fake.wait_for(SECS(10), |f| f
             .telemetry_requests()
             .iter()
-            .any(|r| r.at > recovered && r.reply == Reply::Ok)),
+            .any(|r| r.received_at > recovered && r.succeeded())),
         "{}",
         d.log()
     );
     assert!(d.stop().success());
 
     let reqs = fake.telemetry_requests();
-    let failed = reqs.iter().filter(|r| r.reply != Reply::Ok).count();
+    let failed = reqs.iter().filter(|r| !r.succeeded()).count();
     assert!(failed >= 5, "calls failed during the outage: {failed}");
     // Records made during the outage arrived after it, oldest first, at most ten per call.
     let mut late = 0;
     let mut last_ts = 0.0;
-    for r in reqs.iter().filter(|r| r.reply == Reply::Ok) {
+    for r in reqs.iter().filter(|r| r.succeeded()) {
         let records = r.json()["TelemetryRecords"].as_array().unwrap().clone();
         assert!(records.len() <= 10);
         for rec in &records {
@@ -271,7 +343,7 @@ fn records_survive_an_outage_and_arrive_later() {
             assert!(ts >= last_ts, "records in order");
             last_ts = ts;
             if ts > epoch_secs(outage_start) && ts < epoch_secs(outage_end) {
-                assert!(r.at > recovered);
+                assert!(r.received_at > recovered);
                 late += 1;
             }
         }
@@ -279,7 +351,7 @@ fn records_survive_an_outage_and_arrive_later() {
     assert!(late >= 10, "records of the outage delivered later: {late}");
     assert!(
         reqs.iter()
-            .filter(|r| r.reply == Reply::Ok)
+            .filter(|r| r.succeeded())
             .any(|r| r.json()["TelemetryRecords"].as_array().unwrap().len() == 10),
         "a backlog goes out ten records per call"
     );
@@ -292,11 +364,11 @@ fn records_survive_an_outage_and_arrive_later() {
 #[test]
 fn identity_from_environment_then_instance_metadata() {
     let dir = TempDir::new("telemetry-imds");
-    let fake = Fake::start();
+    let fake = start_fake();
     fake.set_metadata("instance-id", "i-0fromimds");
     fake.set_metadata("hostname", "ip-10-1-2-3.ec2.internal");
     let endpoint = fake.endpoint();
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &args(&endpoint, &[]),
         &creds(&[
@@ -306,8 +378,12 @@ fn identity_from_environment_then_instance_metadata() {
             ("AWS_HOSTNAME", "from-env"),
         ]),
     );
-    send(d.udp_addr(), &[datagram(&segment(1, 100))], Duration::ZERO);
-    assert!(fake.wait_until(SECS(10), |f| !f.telemetry_requests().is_empty()));
+    send_datagrams(
+        d.udp_addr(),
+        &[sdk_datagram(&small_segment(1, 100))],
+        Duration::ZERO,
+    );
+    assert!(fake.wait_for(SECS(10), |f| !f.telemetry_requests().is_empty()));
     assert!(d.stop().success());
     let v = fake.telemetry_requests()[0].json();
     assert_eq!(v["EC2InstanceId"], "i-0fromimds");
@@ -334,10 +410,10 @@ fn identity_from_environment_then_instance_metadata() {
 #[test]
 fn local_mode_never_asks_instance_metadata() {
     let dir = TempDir::new("telemetry-local-mode");
-    let fake = Fake::start();
+    let fake = start_fake();
     fake.set_metadata("instance-id", "i-0fromimds");
     let endpoint = fake.endpoint();
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &args(&endpoint, &["-o"]),
         &creds(&[
@@ -346,8 +422,12 @@ fn local_mode_never_asks_instance_metadata() {
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
         ]),
     );
-    send(d.udp_addr(), &[datagram(&segment(1, 100))], Duration::ZERO);
-    assert!(fake.wait_until(SECS(10), |f| !f.telemetry_requests().is_empty()));
+    send_datagrams(
+        d.udp_addr(),
+        &[sdk_datagram(&small_segment(1, 100))],
+        Duration::ZERO,
+    );
+    assert!(fake.wait_for(SECS(10), |f| !f.telemetry_requests().is_empty()));
     assert!(d.stop().success());
     let v = fake.telemetry_requests()[0].json();
     assert_eq!(
@@ -368,17 +448,17 @@ fn local_mode_never_asks_instance_metadata() {
 fn local_sink_logs_records_at_debug() {
     let dir = TempDir::new("telemetry-local-sink");
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &["-l", "debug", "--log-format", "json"]),
         &[("XRAYD_TELEMETRY_INTERVAL_MS", "100")],
     );
     let udp = d.udp_addr();
-    send(
+    send_datagrams(
         udp,
         &[
-            datagram(&segment(1, 100)),
-            datagram(&segment(2, 100)),
+            sdk_datagram(&small_segment(1, 100)),
+            sdk_datagram(&small_segment(2, 100)),
             b"garbage".to_vec(),
         ],
         Duration::ZERO,
@@ -408,13 +488,19 @@ fn local_sink_logs_records_at_debug() {
 fn local_sink_records_stay_out_of_the_default_log() {
     let dir = TempDir::new("telemetry-local-sink-info");
     let sink = dir.file("segments.jsonl");
-    let mut d = Daemon::spawn(
+    let mut d = Daemon::spawn_at(
         dir.path(),
         &local_sink_args(&sink, &[]),
         &[("XRAYD_TELEMETRY_INTERVAL_MS", "50")],
     );
-    send(d.udp_addr(), &[datagram(&segment(1, 100))], Duration::ZERO);
+    send_datagrams(
+        d.udp_addr(),
+        &[sdk_datagram(&small_segment(1, 100))],
+        Duration::ZERO,
+    );
     d.line("Successfully sent batch of 1 segments", SECS(10));
+    // The absence of records is checked over six telemetry intervals (50 ms): the wait is the
+    // scenario.
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.stop().success());
     assert_eq!(d.count("Telemetry record"), 0, "{}", d.log());
