@@ -718,7 +718,10 @@ fn datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_on
     let size = HEADER.len() + 900;
     let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     if let Err(e) = xrayd::ingest::recvmmsg::set_udp_segment(tx.as_raw_fd(), size as u16) {
-        eprintln!("SKIPPED: this kernel has no UDP GSO ({e})");
+        support::skip(
+            "datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_one",
+            &format!("this kernel has no UDP GSO ({e})"),
+        );
         return;
     }
     // Ten sends of twenty datagrams; in the fourth, a piece of the same size without a newline.

@@ -1,16 +1,13 @@
 //! `GET /metrics` of the real xrayd process: parsed with a strict Prometheus text-format parser,
 //! its counters match a known mix of UDP and TCP traffic, and agree with the shutdown line.
 
-mod proxy_support;
 use xrayd_kit as support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
-use proxy_support::{Exposition, FakeSampling, one_shot, parse_proxy_line, scrape};
-use support::{Daemon, make_segment, secs};
+use support::{Daemon, Exposition, FakeXray, make_segment, one_shot, scrape, secs};
 
-fn spawn(fake: &FakeSampling) -> (Daemon, SocketAddr, SocketAddr) {
+fn spawn(fake: &FakeXray) -> (Daemon, SocketAddr, SocketAddr) {
     let endpoint = fake.endpoint();
     // Test credentials in the environment; no `-l`: the default level.
     let d = Daemon::for_endpoint_with_level(
@@ -27,30 +24,26 @@ fn spawn(fake: &FakeSampling) -> (Daemon, SocketAddr, SocketAddr) {
         &[],
     );
     let udp = d.udp_addr();
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("{}", d.log()));
-    (d, udp, parse_proxy_line(&line).unwrap())
+    let tcp = d.tcp_addr();
+    (d, udp, tcp)
 }
 
 fn wait_metric(tcp: SocketAddr, what: &str, pred: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + secs(10);
-    loop {
+    let mut last = None;
+    support::poll(secs(10), || {
         let e = scrape(tcp);
         if pred(&e) {
-            return e;
+            return Some(e);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {e:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        last = Some(e);
+        None
+    })
+    .unwrap_or_else(|| panic!("timed out waiting for {what}: {last:?}"))
 }
 
 #[test]
 fn counters_match_a_known_traffic_mix() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     fake.answer(
         "/SamplingTargets",
         429,

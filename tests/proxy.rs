@@ -2,20 +2,18 @@
 //! credentials, upstream down) and X-Ray's refusals. The real SDKs' centralized sampling through
 //! this port is proved in `tests/sdk_conformance.rs`.
 
-mod proxy_support;
 use xrayd_kit as support;
 
 use std::time::Duration;
 
-use proxy_support::{FakeSampling, one_shot, spawn, tcp_addr};
-use support::{Daemon, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, secs};
+use support::{Daemon, FakeXray, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, one_shot, secs};
 use xrayd::proxy::routes::SAMPLING_PATHS;
 
 #[test]
 fn daemon_serves_the_tcp_port_and_logs_its_address() {
-    let fake = FakeSampling::start();
-    let d = spawn(&fake.endpoint(), &[], true);
-    let tcp = tcp_addr(&d);
+    let fake = FakeXray::start();
+    let d = Daemon::for_endpoint(&fake.endpoint(), &[], true);
+    let tcp = d.tcp_addr();
     assert_ne!(tcp.port(), 0);
     assert!(
         d.wait_for_line(
@@ -80,9 +78,9 @@ fn bind_failure_of_the_tcp_port_exits_1() {
 
 #[test]
 fn without_credentials_sampling_calls_get_503_and_nothing_is_forwarded() {
-    let fake = FakeSampling::start();
-    let d = spawn(&fake.endpoint(), &[], false);
-    let tcp = tcp_addr(&d);
+    let fake = FakeXray::start();
+    let d = Daemon::for_endpoint(&fake.endpoint(), &[], false);
+    let tcp = d.tcp_addr();
     let r = one_shot(
         tcp,
         "POST",
@@ -95,6 +93,7 @@ fn without_credentials_sampling_calls_get_503_and_nothing_is_forwarded() {
     assert_eq!(r.status, 503);
     assert!(r.text().contains("no AWS credentials"), "{}", r.text());
     assert_eq!(one_shot(tcp, "GET", "/healthz", b"").status, 200);
+    // Nothing is forwarded unsigned: the absence is checked over a while, which is the scenario.
     std::thread::sleep(Duration::from_millis(200));
     assert!(fake.seen().is_empty(), "{:?}", fake.seen());
 }
@@ -105,8 +104,8 @@ fn upstream_down_gives_502() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let d = spawn(&format!("http://{closed}"), &[], true);
-    let tcp = tcp_addr(&d);
+    let d = Daemon::for_endpoint(&format!("http://{closed}"), &[], true);
+    let tcp = d.tcp_addr();
     let r = one_shot(tcp, "POST", "/GetSamplingRules", b"{}");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("cannot be reached"), "{}", r.text());
@@ -120,7 +119,7 @@ fn upstream_down_gives_502() {
 
 #[test]
 fn refusals_by_x_ray_are_logged_once_with_the_missing_permission() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let denied = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/app/i-1 is not authorized to perform: xray:GetSamplingRules"}"#;
     fake.answer("/GetSamplingRules", 403, denied);
     fake.answer(
@@ -134,8 +133,8 @@ fn refusals_by_x_ray_are_logged_once_with_the_missing_permission() {
         "text/html",
         "<html>Not Found</html>",
     );
-    let d = spawn(&fake.endpoint(), &[], true);
-    let tcp = tcp_addr(&d);
+    let d = Daemon::for_endpoint(&fake.endpoint(), &[], true);
+    let tcp = d.tcp_addr();
     for _ in 0..3 {
         for path in SAMPLING_PATHS {
             let r = one_shot(tcp, "POST", path, b"{}");

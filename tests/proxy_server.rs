@@ -2,7 +2,6 @@
 //! concurrent clients, upstream failures, readiness driven by the real upload pipeline, and the
 //! `xrayd health` probe.
 
-mod proxy_support;
 use xrayd_kit as support;
 
 use std::io::{Read, Write};
@@ -11,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use proxy_support::{FakeSampling, json_headers, one_shot, scrape};
 use support::http::Client;
-use support::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use support::{
+    FakeXray, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, json_headers, one_shot, scrape,
+};
 use xrayd::aws::credentials::{
     Credentials, CredentialsError, NoCredentials, ProvideCredentials, StaticProvider,
 };
@@ -79,7 +79,7 @@ fn start_with(upstream: Option<Upstream>, options: Options, stats: Arc<Stats>) -
     Running { server, stats }
 }
 
-fn start(fake: &FakeSampling, options: Options) -> Running {
+fn start(fake: &FakeXray, options: Options) -> Running {
     start_with(
         Some(upstream(
             &fake.endpoint(),
@@ -124,7 +124,7 @@ fn read_all(s: &mut TcpStream, timeout: Duration) -> String {
 
 #[test]
 fn forwards_signed_with_path_and_body_untouched_over_reused_connections() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(&fake, fast_options());
     let mut c = Client::connect(p.addr()).unwrap();
     let body = br#"{"SamplingStatisticsDocuments":[{"RuleName":"r","ClientID":"0123456789abcdef01234567","RequestCount":3,"SampledCount":1,"BorrowCount":0,"Timestamp":1700000000,"Boost":{"x":1}}]}"#;
@@ -201,7 +201,7 @@ fn forwards_signed_with_path_and_body_untouched_over_reused_connections() {
 
 #[test]
 fn upstream_errors_pass_through_with_status_body_and_error_type() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let throttled = r#"{"__type":"ThrottledException","message":"Rate exceeded"}"#;
     fake.answer("/SamplingTargets", 429, throttled);
     fake.answer(
@@ -226,7 +226,7 @@ fn upstream_errors_pass_through_with_status_body_and_error_type() {
 
 #[test]
 fn other_paths_and_methods_are_refused_unless_allowed() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(&fake, fast_options());
     let mut c = Client::connect(p.addr()).unwrap();
     let r = c
@@ -285,7 +285,7 @@ fn other_paths_and_methods_are_refused_unless_allowed() {
 
 #[test]
 fn oversized_bodies_are_refused_and_never_forwarded() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(&fake, fast_options()); // max_body 4096
     // At the limit: forwarded.
     let at_limit = format!("{{\"NextToken\":\"{}\"}}", "a".repeat(4096 - 16));
@@ -351,7 +351,7 @@ fn padded_chunked_request(small: usize, large: usize) -> Vec<u8> {
 
 #[test]
 fn chunk_framing_is_answered_or_refused_promptly_never_left_to_time_out() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -394,7 +394,7 @@ fn chunk_framing_is_answered_or_refused_promptly_never_left_to_time_out() {
 
 #[test]
 fn requests_share_a_bounded_pool_and_small_calls_never_wait_for_it() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -439,16 +439,16 @@ fn wait_until_read(addr: SocketAddr) {
         || {
             format!(
                 "bytes left unread: {:?}",
-                proxy_support::server_side(addr.port())
+                support::daemon::server_side(addr.port())
             )
         },
-        || (proxy_support::server_side(addr.port()).1 == 0).then_some(()),
+        || (support::daemon::server_side(addr.port()).1 == 0).then_some(()),
     );
 }
 
 #[test]
 fn browser_requests_are_refused_before_anything_is_signed() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -519,7 +519,7 @@ fn browser_requests_are_refused_before_anything_is_signed() {
 
 #[test]
 fn upstream_answers_keep_their_content_type() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let html = "<html><body><h1>404 Not Found</h1></body></html>";
     fake.answer_typed(
         "/GetSamplingRules",
@@ -541,7 +541,7 @@ fn upstream_answers_keep_their_content_type() {
 
 #[test]
 fn expect_continue_pipelining_head_and_http10() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(&fake, fast_options());
     // Expect: 100-continue on a forwarded path: 100 first, then the answer.
     let mut s = TcpStream::connect(p.addr()).unwrap();
@@ -596,7 +596,7 @@ fn expect_continue_pipelining_head_and_http10() {
 
 #[test]
 fn slow_clients_time_out_without_delaying_others() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -617,6 +617,7 @@ fn slow_clients_time_out_without_delaying_others() {
                 if s.write_all(&[*b]).is_err() {
                     return;
                 }
+                // Pacing is the scenario: one byte every 100 ms.
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -667,7 +668,8 @@ fn slow_clients_time_out_without_delaying_others() {
         started.elapsed() >= Duration::from_secs(3),
         "idle closed too early"
     );
-    // The good client's keep-alive connection was used throughout; it is also closed once idle.
+    // The good client's keep-alive connection was used throughout; it is also closed once idle:
+    // letting its 3 s idle timeout pass is the scenario.
     std::thread::sleep(Duration::from_millis(3600));
     assert!(
         c.request("GET", "/healthz", &[], b"").is_err(),
@@ -701,7 +703,7 @@ fn upstream_down_is_502_and_slow_upstream_is_504() {
     // Healthz is unaffected.
     assert_eq!(one_shot(p.addr(), "GET", "/healthz", b"").status, 200);
 
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     fake.set_delay(Duration::from_millis(1500));
     let slow = start_with(
         Some(upstream(
@@ -743,7 +745,7 @@ impl ProvideCredentials for EndpointFailure {
 
 #[test]
 fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start_with(
         Some(upstream(
             &fake.endpoint(),
@@ -761,6 +763,7 @@ fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
     let r = one_shot(p.addr(), "GET", "/readyz", b"");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("no AWS credentials"), "{}", r.text());
+    // Nothing reaches X-Ray: the absence is checked over a while, which is the scenario.
     std::thread::sleep(Duration::from_millis(100));
     assert!(fake.seen().is_empty());
     assert_eq!(fake.connections(), 0);
@@ -768,7 +771,7 @@ fn no_credentials_is_503_and_nothing_is_forwarded_unsigned() {
 
 #[test]
 fn why_credentials_are_missing_is_not_told_to_clients() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start_with(
         Some(upstream(
             &fake.endpoint(),
@@ -797,7 +800,7 @@ fn why_credentials_are_missing_is_not_told_to_clients() {
 
 #[test]
 fn many_concurrent_keep_alive_clients() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -857,7 +860,7 @@ fn many_concurrent_keep_alive_clients() {
 
 #[test]
 fn at_the_connection_limit_a_new_client_takes_the_longest_idle_ones_place() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(
         &fake,
         Options {
@@ -938,7 +941,10 @@ fn bind_failure_is_a_clear_error_and_ipv6_works() {
     assert!(bad.contains("-t/--bind-tcp"), "{bad}");
 
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIPPED (IPv6 part): no IPv6 loopback here");
+        support::skip(
+            "bind_failure_is_a_clear_error_and_ipv6_works",
+            "(IPv6 part) no IPv6 loopback here",
+        );
         return;
     }
     let stats = Arc::new(Stats::default());
@@ -971,7 +977,7 @@ fn readyz_follows_the_upload_pipeline() {
     use xrayd::upload::sink::XraySink;
     use xrayd::xray::client::XrayClient;
 
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let stats = Arc::new(Stats::default());
     let backlog = Arc::new(Backlog::new());
     let (writer, reader) = queue::bounded(1024, 8 << 20, stats.clone(), backlog.clone());
@@ -1024,21 +1030,16 @@ fn readyz_follows_the_upload_pipeline() {
     }
     assert!(fake.wait(Duration::from_secs(5), |s| {
         s.iter()
-            .any(|r| r.path == "/TraceSegments" && r.status == 500)
+            .any(|r| r.path == "/TraceSegments" && r.status == Some(500))
     }));
     let failing_since = Instant::now();
     // Failing, but not for longer than the threshold yet.
     assert_eq!(ready(p.addr()).0, 200);
-    let mut flipped = None;
-    while failing_since.elapsed() < Duration::from_secs(5) {
+    let (after, text) = support::poll(Duration::from_secs(5), || {
         let (status, text) = ready(p.addr());
-        if status == 503 {
-            flipped = Some((failing_since.elapsed(), text));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (after, text) = flipped.expect("readyz never flipped");
+        (status == 503).then(|| (failing_since.elapsed(), text))
+    })
+    .expect("readyz never flipped");
     // Not at once: the threshold is 1 s, counted from the daemon reading the 500, which this
     // thread sees a little later.
     assert!(
@@ -1080,7 +1081,7 @@ fn readyz_follows_the_upload_pipeline() {
 
 #[test]
 fn health_subcommand_probes_healthz_and_readyz() {
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let p = start(&fake, fast_options());
     let addr = p.addr().to_string();
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -3,7 +3,6 @@
 //! slowloris and slow-upstream clients under an open-files limit of 1,024 (`/healthz` and
 //! `/readyz` keep answering). Figures are printed (`--nocapture` shows them).
 
-mod proxy_support;
 use xrayd_kit as support;
 
 use std::io::{Read, Write};
@@ -12,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use proxy_support::{FakeSampling, one_shot, server_side, spawn, tcp_addr};
-use support::{Daemon, poll_until, secs};
+use support::daemon::server_side;
+use support::{Daemon, FakeXray, one_shot, poll_until, secs};
 
 /// A `VmRSS` / `VmHWM`-style field of /proc/<pid>/status, in bytes.
 fn vm(pid: u32, field: &str) -> u64 {
@@ -31,7 +30,7 @@ fn vm(pid: u32, field: &str) -> u64 {
 }
 
 /// The test opens more sockets than the common soft limit allows.
-fn enough_fds(need: u64) -> bool {
+fn enough_fds(test: &str, need: u64) -> bool {
     xrayd::proxy::raise_fd_limit();
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -40,9 +39,12 @@ fn enough_fds(need: u64) -> bool {
     // SAFETY: getrlimit only writes the rlimit we own.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
     if !ok || r.rlim_cur < need {
-        eprintln!(
-            "SKIPPED: the test needs {need} open files, the limit is {}",
-            r.rlim_cur
+        support::skip(
+            test,
+            &format!(
+                "the test needs {need} open files, the limit is {}",
+                r.rlim_cur
+            ),
         );
         return false;
     }
@@ -62,15 +64,18 @@ fn partial_chunked_request() -> Vec<u8> {
 #[test]
 fn memory_stays_within_the_budget_under_many_large_unfinished_requests() {
     const CONNS: usize = 1000;
-    if !enough_fds(CONNS as u64 + 200) {
+    if !enough_fds(
+        "memory_stays_within_the_budget_under_many_large_unfinished_requests",
+        CONNS as u64 + 200,
+    ) {
         return;
     }
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let request = Arc::new(partial_chunked_request());
     for budget_mib in [3u64, 16, 64] {
         let budget = budget_mib.to_string();
-        let d = spawn(&fake.endpoint(), &["-m", &budget], true);
-        let tcp = tcp_addr(&d);
+        let d = Daemon::for_endpoint(&fake.endpoint(), &["-m", &budget], true);
+        let tcp = d.tcp_addr();
         assert_eq!(one_shot(tcp, "GET", "/healthz", b"").status, 200);
         let pid = d.pid();
         let idle_rss = vm(pid, "VmRSS:");
@@ -227,12 +232,15 @@ fn health_answers(addr: SocketAddr, what: &str, d: &Daemon) -> Duration {
 
 #[test]
 fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_1024() {
-    if !enough_fds(2500) {
+    if !enough_fds(
+        "health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_1024",
+        2500,
+    ) {
         return;
     }
-    let fake = FakeSampling::start();
-    let d = spawn(&fake.endpoint(), &[], true);
-    let tcp = tcp_addr(&d);
+    let fake = FakeXray::start();
+    let d = Daemon::for_endpoint(&fake.endpoint(), &[], true);
+    let tcp = d.tcp_addr();
     poll_until(
         secs(10),
         || d.log(),
@@ -271,6 +279,7 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
                     let _ = s.write_all(&head[i..i + 1]);
                 }
                 i += 1;
+                // Pacing is the scenario: one byte every 50 ms.
                 std::thread::sleep(Duration::from_millis(50));
             }
             slow
@@ -295,17 +304,20 @@ fn health_answers_whatever_the_port_goes_through_under_an_open_files_limit_of_10
 #[test]
 fn answers_nobody_reads_do_not_pile_up_in_memory() {
     const CONNS: usize = 200;
-    if !enough_fds(CONNS as u64 + 200) {
+    if !enough_fds(
+        "answers_nobody_reads_do_not_pile_up_in_memory",
+        CONNS as u64 + 200,
+    ) {
         return;
     }
-    let fake = FakeSampling::start();
+    let fake = FakeXray::start();
     let big = format!(
         "{{\"SamplingRuleRecords\":[],\"NextToken\":\"{}\"}}",
         "n".repeat(512 << 10)
     );
     fake.answer("/GetSamplingRules", 200, &big);
-    let d = spawn(&fake.endpoint(), &["-m", "16"], true);
-    let tcp = tcp_addr(&d);
+    let d = Daemon::for_endpoint(&fake.endpoint(), &["-m", "16"], true);
+    let tcp = d.tcp_addr();
     let idle_rss = vm(d.pid(), "VmRSS:");
     // Each client asks for 512 KB of rules and never reads them.
     let clients = sampling_calls(tcp, CONNS);
@@ -315,7 +327,7 @@ fn answers_nobody_reads_do_not_pile_up_in_memory() {
         secs(60),
         || format!("{} calls forwarded", fake.seen().len()),
         || {
-            let e = proxy_support::scrape(tcp);
+            let e = support::scrape(tcp);
             (e.get(
                 "xrayd_proxy_requests_total",
                 &[("path", "/GetSamplingRules"), ("status", "200")],

@@ -13,7 +13,7 @@
 // that the first decision already has the rules.
 //
 // Prints one JSON line with what the SDK did and decided (same keys as
-// tests/proxy_support/sdk_sampling.py, plus open_segments: the open service's segments sent).
+// tests/e2e/sdk_sampling.py, plus open_segments: the open service's segments sent).
 
 const TARGET_INTERVAL_MS = 10 * 1000;
 let targetPoll = null;
