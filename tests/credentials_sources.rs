@@ -5,7 +5,7 @@
 //! expiry-driven refresh; a failed refresh keeping the old credentials; the region steps; and no
 //! secret in any error, Debug output or log line.
 
-mod credentials_support;
+use xrayd_kit as support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use credentials_support::{
-    Env, FakeServer, Request, Response, TempDir, auth_key_id, auth_scope, creds_json,
-    signature_matches, sts_error, sts_ok, wait_for,
+use support::sigv4::{auth_key_id, auth_scope};
+use support::{
+    Answer, Env, FakeXray, RecordedRequest, TempDir, creds_json, poll, sts_error, sts_ok,
 };
 use xrayd::aws::credentials::{
     CacheConfig, ChainOptions, Credentials, ProvideCredentials, build_provider_with,
@@ -111,7 +111,7 @@ fn build_with(
 
 fn creds_eventually(p: &Arc<dyn ProvideCredentials>) -> Credentials {
     let mut last = String::new();
-    wait_for(Duration::from_secs(15), || match p.credentials() {
+    poll(Duration::from_secs(15), || match p.credentials() {
         Ok(c) => Some(c),
         Err(e) => {
             last = e.0;
@@ -123,7 +123,7 @@ fn creds_eventually(p: &Arc<dyn ProvideCredentials>) -> Credentials {
 
 fn error_eventually(p: &Arc<dyn ProvideCredentials>, needle: &str) -> String {
     let mut last = String::new();
-    wait_for(Duration::from_secs(15), || match p.credentials() {
+    poll(Duration::from_secs(15), || match p.credentials() {
         Err(e) if e.0.contains(needle) => Some(e.0),
         Err(e) => {
             last = e.0;
@@ -146,13 +146,10 @@ fn replace_file(path: &std::path::Path, content: &str) {
 
 /// A fake STS answering AssumeRoleWithWebIdentity with numbered keys (`{prefix}{n}`, n from 1),
 /// recording the token of each call.
-fn web_identity_sts(
-    prefix: &'static str,
-    expires_in: i64,
-) -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+fn web_identity_sts(prefix: &'static str, expires_in: i64) -> (FakeXray, Arc<Mutex<Vec<String>>>) {
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let seen = tokens.clone();
-    let server = FakeServer::start(move |r| {
+    let server = FakeXray::serve(move |r| {
         let form = r.form();
         if form.get("Action").map(String::as_str) != Some("AssumeRoleWithWebIdentity") {
             return sts_error(400, "InvalidAction", "unexpected action");
@@ -177,7 +174,7 @@ fn web_identity_sts(
 #[test]
 fn web_identity_posts_an_unsigned_form_and_reads_the_xml_answer() {
     let dir = TempDir::new("wi");
-    let token_file = dir.file("token", "eyJhbGciOiJSUzI1NiJ9.irsa-token-one\n");
+    let token_file = dir.create("token", "eyJhbGciOiJSUzI1NiJ9.irsa-token-one\n");
     let (sts, _) = web_identity_sts("ASIAWEBID000", 3600);
     let env = Env::hermetic()
         .web_identity(&token_file, ROLE)
@@ -197,7 +194,7 @@ fn web_identity_posts_an_unsigned_form_and_reads_the_xml_answer() {
         .unwrap();
     assert!(left > Duration::from_secs(3500), "{left:?}");
 
-    let reqs = sts.requests();
+    let reqs = sts.seen();
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     let r = &reqs[0];
     assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/"));
@@ -230,7 +227,7 @@ fn web_identity_posts_an_unsigned_form_and_reads_the_xml_answer() {
 #[test]
 fn web_identity_session_name_comes_from_the_environment() {
     let dir = TempDir::new("wi-name");
-    let token_file = dir.file("token", "tok");
+    let token_file = dir.create("token", "tok");
     let (sts, _) = web_identity_sts("ASIANAMED000", 3600);
     let env = Env::hermetic()
         .web_identity(&token_file, ROLE)
@@ -238,15 +235,15 @@ fn web_identity_session_name_comes_from_the_environment() {
         .set("AWS_ENDPOINT_URL", &sts.url());
     let (p, _) = build(&env, "us-east-1", None);
     creds_eventually(&p);
-    let form = sts.requests()[0].form();
+    let form = sts.seen()[0].form();
     assert_eq!(form["RoleSessionName"], "my pod/session");
 }
 
 #[test]
 fn sts_error_xml_becomes_a_clear_error_without_the_token() {
     let dir = TempDir::new("wi-err");
-    let token_file = dir.file("token", "secret-jwt-value-123");
-    let sts = FakeServer::start(|r| {
+    let token_file = dir.create("token", "secret-jwt-value-123");
+    let sts = FakeXray::serve(|r| {
         // Echo the token in the message to prove it gets scrubbed.
         let token = r
             .form()
@@ -283,7 +280,7 @@ fn web_identity_token_file_missing_is_a_clear_error() {
     let (p, _) = build(&env, "us-east-1", None);
     let e = error_eventually(&p, "/nonexistent/xrayd/token");
     assert!(e.contains("web identity token file"), "{e}");
-    assert_eq!(sts.requests().len(), 0);
+    assert_eq!(sts.seen().len(), 0);
     // The token file without a role is a configuration error at start-up.
     let env = Env::hermetic().set("AWS_WEB_IDENTITY_TOKEN_FILE", "/x");
     let e = build_provider_with(&env.lookup(), "us-east-1", None, None, &fast_opts())
@@ -298,7 +295,7 @@ fn web_identity_token_file_missing_is_a_clear_error() {
 #[test]
 fn expiring_credentials_are_refreshed_and_the_token_file_is_re_read() {
     let dir = TempDir::new("wi-refresh");
-    let token_file = dir.file("token", "jwt-generation-1");
+    let token_file = dir.create("token", "jwt-generation-1");
     let (sts, tokens) = web_identity_sts("ASIAROTATE00", 3);
     let env = Env::hermetic()
         .web_identity(&token_file, ROLE)
@@ -309,7 +306,7 @@ fn expiring_credentials_are_refreshed_and_the_token_file_is_re_read() {
     // EKS rotates the projected token: the next refresh must send the new one.
     replace_file(&token_file, "jwt-generation-2\n");
     let switched_at = tokens.lock().unwrap().len();
-    let refreshed = wait_for(Duration::from_secs(10), || {
+    let refreshed = poll(Duration::from_secs(10), || {
         let t = tokens.lock().unwrap().clone();
         let c = p.credentials().ok()?;
         (t.len() > switched_at && c.access_key_id() != "ASIAROTATE001").then_some((t, c))
@@ -331,6 +328,7 @@ fn expiring_credentials_are_refreshed_and_the_token_file_is_re_read() {
     for _ in 0..40 {
         let c = p.credentials().expect("always valid credentials");
         assert!(c.expiry().unwrap() > SystemTime::now());
+        // Sampling over 4 s is the scenario: callers are served all along.
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
@@ -342,13 +340,13 @@ fn expiring_credentials_are_refreshed_and_the_token_file_is_re_read() {
 #[test]
 fn a_failed_refresh_keeps_valid_old_credentials_then_recovers() {
     let dir = TempDir::new("wi-fail");
-    let token_file = dir.file("token", "jwt");
+    let token_file = dir.create("token", "jwt");
     let healthy = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicU32::new(0));
     let sts = {
         let healthy = healthy.clone();
         let calls = calls.clone();
-        FakeServer::start(move |_| {
+        FakeXray::serve(move |_| {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
             if healthy.load(Ordering::SeqCst) {
                 if n == 1 {
@@ -382,7 +380,7 @@ fn a_failed_refresh_keeps_valid_old_credentials_then_recovers() {
     assert_eq!(old.access_key_id(), "ASIAOLD00001");
     let expiry = old.expiry().unwrap();
     // Refreshes start failing while the old credentials are still valid: they keep being served.
-    wait_for(Duration::from_secs(10), || {
+    poll(Duration::from_secs(10), || {
         (calls.load(Ordering::SeqCst) >= 3).then_some(())
     })
     .expect("refresh attempts");
@@ -394,7 +392,7 @@ fn a_failed_refresh_keeps_valid_old_credentials_then_recovers() {
     assert!(e.contains("ServiceUnavailable"), "{e}");
     // STS comes back: the retries (with backoff) pick up new credentials.
     healthy.store(true, Ordering::SeqCst);
-    let c = wait_for(Duration::from_secs(10), || {
+    let c = poll(Duration::from_secs(10), || {
         p.credentials()
             .ok()
             .filter(|c| c.access_key_id() == "ASIANEW00001")
@@ -423,10 +421,10 @@ struct RoleStep {
     issue: (&'static str, &'static str, &'static str),
 }
 
-fn assume_role_sts(steps: Vec<RoleStep>) -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+fn assume_role_sts(steps: Vec<RoleStep>) -> (FakeXray, Arc<Mutex<Vec<String>>>) {
     let problems = Arc::new(Mutex::new(Vec::new()));
     let seen = problems.clone();
-    let server = FakeServer::start(move |r: &Request| {
+    let server = FakeXray::serve(move |r: &RecordedRequest| {
         let form = r.form();
         let fail = |why: String| {
             seen.lock().unwrap().push(why.clone());
@@ -450,8 +448,8 @@ fn assume_role_sts(steps: Vec<RoleStep>) -> (FakeServer, Arc<Mutex<Vec<String>>>
         if r.header("x-amz-security-token") != step.signer_token {
             return fail(format!("{role}: wrong session token"));
         }
-        if !signature_matches(r, step.signer_key, step.signer_secret, step.signer_token) {
-            return fail(format!("{role}: bad signature"));
+        if let Err(why) = r.signed_by(step.signer_key, step.signer_secret, step.signer_token) {
+            return fail(format!("{role}: bad signature: {why}"));
         }
         if form.get("RoleSessionName").map(String::as_str) != Some(step.session_name)
             || form.get("ExternalId").map(String::as_str) != step.external_id
@@ -492,7 +490,7 @@ fn role_arn_is_assumed_on_top_of_the_chain_as_xray_daemon() {
     assert_eq!(c.access_key_id(), "ASIAASSUMED01");
     assert_eq!(c.session_token(), Some("assumed-token"));
     assert!(problems.lock().unwrap().is_empty(), "{problems:?}");
-    assert_eq!(sts.requests().len(), 1);
+    assert_eq!(sts.seen().len(), 1);
     assert_clean(
         &[desc],
         &[
@@ -507,7 +505,7 @@ fn role_arn_is_assumed_on_top_of_the_chain_as_xray_daemon() {
 #[test]
 fn role_arn_uses_the_regional_sts_endpoint_through_the_proxy() {
     // A loopback "proxy" records the CONNECT target: the regional STS host, reached via -p.
-    let proxy = FakeServer::start(|_| Response::text(403, "no"));
+    let proxy = FakeXray::serve(|_| Answer::text(403, "no"));
     let role = "arn:aws:iam::123456789012:role/xray-upload";
     let env = Env::hermetic()
         .set("AWS_ACCESS_KEY_ID", "AKIDPROXY0001")
@@ -523,9 +521,9 @@ fn role_arn_uses_the_regional_sts_endpoint_through_the_proxy() {
         desc.contains("https://sts.ap-northeast-1.amazonaws.com/"),
         "{desc}"
     );
-    wait_for(Duration::from_secs(10), || {
+    poll(Duration::from_secs(10), || {
         proxy
-            .requests()
+            .seen()
             .iter()
             .find(|r| r.method == "CONNECT")
             .map(|r| r.path.clone())
@@ -539,13 +537,13 @@ fn role_arn_uses_the_regional_sts_endpoint_through_the_proxy() {
 #[test]
 fn profile_assume_role_chain_with_source_profiles() {
     let dir = TempDir::new("profile-chain");
-    let config = dir.file(
+    let config = dir.create(
         "config",
         "[profile middle]\nrole_arn = arn:aws:iam::123456789012:role/middle\nsource_profile = base\n\n\
          [profile top]\nrole_arn = arn:aws:iam::123456789012:role/top\nsource_profile = middle\n\
          role_session_name = top-session\nexternal_id = ext-42\nregion = eu-west-1\n",
     );
-    let credentials = dir.file(
+    let credentials = dir.create(
         "credentials",
         "[base]\naws_access_key_id = AKIDBASE0001\naws_secret_access_key = base-secret\n",
     );
@@ -588,7 +586,7 @@ fn profile_assume_role_chain_with_source_profiles() {
     assert_eq!(c.session_token(), Some("top-token"));
     assert!(problems.lock().unwrap().is_empty(), "{problems:?}");
     let roles: Vec<String> = sts
-        .requests()
+        .seen()
         .iter()
         .map(|r| r.form()["RoleArn"].clone())
         .collect();
@@ -619,8 +617,8 @@ fn profile_assume_role_chain_with_source_profiles() {
 #[test]
 fn profile_with_web_identity_token_file() {
     let dir = TempDir::new("profile-wi");
-    let token = dir.file("token", "profile-jwt");
-    let config = dir.file(
+    let token = dir.create("token", "profile-jwt");
+    let config = dir.create(
         "config",
         &format!(
             "[default]\nrole_arn = {ROLE}\nweb_identity_token_file = {}\nrole_session_name = from-profile\n",
@@ -636,13 +634,13 @@ fn profile_with_web_identity_token_file() {
     assert!(desc.contains("web identity token file"), "{desc}");
     assert_eq!(creds_eventually(&p).access_key_id(), "ASIAPROFWI001");
     assert_eq!(tokens.lock().unwrap().as_slice(), ["profile-jwt"]);
-    assert_eq!(sts.requests()[0].form()["RoleSessionName"], "from-profile");
+    assert_eq!(sts.seen()[0].form()["RoleSessionName"], "from-profile");
 }
 
 #[test]
 fn broken_profiles_are_start_up_errors() {
     let dir = TempDir::new("profile-broken");
-    let config = dir.file(
+    let config = dir.create(
         "config",
         "[profile loop1]\nrole_arn = arn:1\nsource_profile = loop2\n\
          [profile loop2]\nrole_arn = arn:2\nsource_profile = loop1\n",
@@ -664,20 +662,20 @@ fn broken_profiles_are_start_up_errors() {
 fn credential_process_runs_a_script_and_reads_its_json() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("process");
-    let exp = credentials_support::rfc3339_in(3600);
-    let script = dir.file(
+    let exp = support::rfc3339_in(3600);
+    let script = dir.create(
         "creds.sh",
         &format!(
             "#!/bin/sh\n[ \"$1\" = \"--account\" ] || exit 9\necho '{{\"Version\": 1, \"AccessKeyId\": \"AKIDPROC0001\", \"SecretAccessKey\": \"proc-secret\", \"SessionToken\": \"proc-token\", \"Expiration\": \"{exp}\"}}'\n"
         ),
     );
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let failing = dir.file(
+    let failing = dir.create(
         "fail.sh",
         "#!/bin/sh\necho '{\"SecretAccessKey\": \"leaky-secret\"}'\necho 'leaky-stderr' >&2\nexit 4\n",
     );
     std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = dir.file(
+    let config = dir.create(
         "config",
         &format!(
             "[profile proc]\ncredential_process = {} --account prod\n[profile failing]\ncredential_process = {}\n",
@@ -717,24 +715,24 @@ fn credential_process_runs_a_script_and_reads_its_json() {
 #[test]
 fn container_full_uri_with_a_token_file_re_read_at_every_fetch() {
     let dir = TempDir::new("container");
-    let token_file = dir.file("token", "pod-identity-token-1\n");
+    let token_file = dir.create("token", "pod-identity-token-1\n");
     let calls = Arc::new(AtomicU32::new(0));
     let server = {
         let token_file = token_file.clone();
         let calls = calls.clone();
-        FakeServer::start(move |r| {
+        FakeXray::serve(move |r| {
             let current = std::fs::read_to_string(&token_file).unwrap_or_default();
             if r.path != "/v1/credentials" {
-                return Response::json(404, "{\"Code\":\"NotFound\"}");
+                return Answer::json(404, "{\"Code\":\"NotFound\"}");
             }
             if r.header("authorization") != Some(current.trim()) {
-                return Response::json(
+                return Answer::json(
                     403,
                     "{\"Code\":\"AccessDenied\",\"Message\":\"invalid token\"}",
                 );
             }
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            Response::json(
+            Answer::json(
                 200,
                 &creds_json(&format!("ASIACONT{n:04}"), "cont-secret", "cont-token", 2),
             )
@@ -755,9 +753,9 @@ fn container_full_uri_with_a_token_file_re_read_at_every_fetch() {
     assert!(desc.contains("/v1/credentials"), "{desc}");
     assert_eq!(creds_eventually(&p).access_key_id(), "ASIACONT0001");
     replace_file(&token_file, "pod-identity-token-2\n");
-    let switched = server.requests().len();
-    wait_for(Duration::from_secs(10), || {
-        let reqs = server.requests();
+    let switched = server.seen().len();
+    poll(Duration::from_secs(10), || {
+        let reqs = server.seen();
         reqs[switched..]
             .iter()
             .any(|r| r.header("authorization") == Some("pod-identity-token-2"))
@@ -772,7 +770,7 @@ fn container_full_uri_with_a_token_file_re_read_at_every_fetch() {
             Some("pod-identity-token-1" | "pod-identity-token-2")
         )
     });
-    assert_eq!(refused, 0, "{:?}", server.requests());
+    assert_eq!(refused, 0, "{:?}", server.seen());
     assert_clean(
         &[desc],
         &[
@@ -786,14 +784,14 @@ fn container_full_uri_with_a_token_file_re_read_at_every_fetch() {
 
 #[test]
 fn container_relative_uri_with_a_static_token() {
-    let server = FakeServer::start(|r| {
+    let server = FakeXray::serve(|r| {
         if r.path == "/v2/credentials/0f1e2d" && r.header("authorization") == Some("static-auth") {
-            Response::json(
+            Answer::json(
                 200,
                 &creds_json("ASIAECS00001", "ecs-secret", "ecs-token", 3600),
             )
         } else {
-            Response::json(403, "{\"Code\":\"AccessDenied\",\"Message\":\"no\"}")
+            Answer::json(403, "{\"Code\":\"AccessDenied\",\"Message\":\"no\"}")
         }
     });
     let env = Env::hermetic()
@@ -815,13 +813,13 @@ fn container_relative_uri_with_a_static_token() {
 /// An error answer is quoted as a short single-line excerpt, without the token it may echo.
 #[test]
 fn a_container_error_answer_is_bounded_escaped_and_never_echoes_the_token() {
-    let server = FakeServer::start(|r| {
+    let server = FakeXray::serve(|r| {
         let echoed = r.header("authorization").unwrap_or("").to_string();
         let body = serde_json::json!({
             "Code": "AccessDenied\n[Error] forged\u{1b}[31m",
             "Message": format!("token {echoed} rejected {}", "x".repeat(100_000)),
         });
-        Response::json(403, &body.to_string())
+        Answer::json(403, &body.to_string())
     });
     let env = Env::hermetic()
         .set(
@@ -839,8 +837,8 @@ fn a_container_error_answer_is_bounded_escaped_and_never_echoes_the_token() {
 
 #[test]
 fn container_errors_and_forbidden_hosts() {
-    let server = FakeServer::start(|_| {
-        Response::json(
+    let server = FakeXray::serve(|_| {
+        Answer::json(
             403,
             "{\"Code\":\"AccessDenied\",\"Message\":\"token rejected\"}",
         )
@@ -872,32 +870,32 @@ fn container_errors_and_forbidden_hosts() {
 // IMDSv2
 
 /// An IMDS fake that only serves GETs carrying the session token it handed out with the PUT.
-fn imds_fake(region: &'static str) -> FakeServer {
-    FakeServer::start(move |r| {
+fn imds_fake(region: &'static str) -> FakeXray {
+    FakeXray::serve(move |r| {
         const TOKEN: &str = "imds-session-token-xyz";
         if r.method == "PUT" && r.path == "/latest/api/token" {
             return if r.header("x-aws-ec2-metadata-token-ttl-seconds") == Some("21600") {
-                Response::text(200, TOKEN)
+                Answer::text(200, TOKEN)
             } else {
-                Response::text(400, "missing ttl")
+                Answer::text(400, "missing ttl")
             };
         }
         if r.method != "GET" {
-            return Response::text(405, "");
+            return Answer::text(405, "");
         }
         if r.header("x-aws-ec2-metadata-token") != Some(TOKEN) {
-            return Response::text(401, "");
+            return Answer::text(401, "");
         }
         match r.path.as_str() {
             "/latest/meta-data/iam/security-credentials/" => {
-                Response::text(200, "xray-instance-role\n")
+                Answer::text(200, "xray-instance-role\n")
             }
-            "/latest/meta-data/iam/security-credentials/xray-instance-role" => Response::json(
+            "/latest/meta-data/iam/security-credentials/xray-instance-role" => Answer::json(
                 200,
                 &creds_json("ASIAIMDS0001", "imds-secret", "imds-token", 3600),
             ),
-            "/latest/meta-data/placement/region" => Response::text(200, region),
-            _ => Response::text(404, ""),
+            "/latest/meta-data/placement/region" => Answer::text(200, region),
+            _ => Answer::text(404, ""),
         }
     })
 }
@@ -906,7 +904,7 @@ fn imds_fake(region: &'static str) -> FakeServer {
 fn imds_v2_fetches_a_token_first_and_never_gets_refused() {
     let imds = imds_fake("ap-southeast-2");
     // Sanity of the fake: a token-less (IMDSv1) GET is refused.
-    let mut s = TcpStream::connect(imds.addr).unwrap();
+    let mut s = TcpStream::connect(imds.addr()).unwrap();
     s.write_all(b"GET /latest/meta-data/placement/region HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
@@ -925,7 +923,7 @@ fn imds_v2_fetches_a_token_first_and_never_gets_refused() {
     let c = creds_eventually(&p);
     assert_eq!(c.access_key_id(), "ASIAIMDS0001");
     assert_eq!(c.session_token(), Some("imds-token"));
-    let reqs = imds.requests();
+    let reqs = imds.seen();
     let ours = &reqs[refused_before..];
     assert_eq!(ours[0].method, "PUT", "{ours:?}");
     assert_eq!(
@@ -938,14 +936,14 @@ fn imds_v2_fetches_a_token_first_and_never_gets_refused() {
         resolve_region_extra(&env.lookup(), false),
         Some(("ap-southeast-2".to_string(), "EC2 instance metadata"))
     );
-    let n = imds.requests().len();
+    let n = imds.seen().len();
     let local = lookup_region_extra(&env.lookup(), true);
     assert_eq!(local.region, None);
     assert!(
         local.tried.iter().any(|t| t.contains("local mode")),
         "{local:?}"
     );
-    assert_eq!(imds.requests().len(), n, "local mode must not call IMDS");
+    assert_eq!(imds.seen().len(), n, "local mode must not call IMDS");
     assert_clean(
         &[desc],
         &["imds-secret", "imds-token", "imds-session-token-xyz"],
@@ -988,14 +986,14 @@ fn imds_unreachable_or_disabled() {
 #[test]
 fn sources_are_tried_in_sdk_order() {
     let dir = TempDir::new("precedence");
-    let credentials = dir.file(
+    let credentials = dir.create(
         "credentials",
         "[default]\naws_access_key_id = AKIDPROFILE01\naws_secret_access_key = profile-secret\n",
     );
-    let token_file = dir.file("token", "jwt");
+    let token_file = dir.create("token", "jwt");
     let (sts, _) = web_identity_sts("ASIAWEB00000", 3600);
-    let container = FakeServer::start(|_| {
-        Response::json(
+    let container = FakeXray::serve(|_| {
+        Answer::json(
             200,
             &creds_json("ASIACONTAINER", "c-secret", "c-token", 3600),
         )
@@ -1042,8 +1040,8 @@ fn sources_are_tried_in_sdk_order() {
         }
     }
     // Each fetching source was reached only when it was the one picked.
-    assert_eq!(sts.requests().len(), 1);
-    assert_eq!(container.requests().len(), 1);
+    assert_eq!(sts.seen().len(), 1);
+    assert_eq!(container.seen().len(), 1);
     let env = env.set("AWS_EC2_METADATA_DISABLED", "true");
     let (p, _) = build(&env, "us-east-1", None);
     assert_eq!(p.source(), "none");
@@ -1059,16 +1057,16 @@ fn sources_are_tried_in_sdk_order() {
 #[test]
 fn ecs_metadata_file_region_and_its_failure_modes() {
     let dir = TempDir::new("ecs-meta");
-    let good = dir.file(
+    let good = dir.create(
         "good.json",
         "{\"Cluster\":\"c\",\"TaskARN\":\"arn:aws:ecs:eu-north-1:123456789012:task/c/0123\",\"MetadataFileStatus\":\"READY\"}",
     );
-    let no_arn = dir.file(
+    let no_arn = dir.create(
         "noarn.json",
         "{\"Cluster\":\"c\",\"MetadataFileStatus\":\"NOT_READY\"}",
     );
-    let short_arn = dir.file("short.json", "{\"TaskARN\":\"arn:aws\"}");
-    let not_json = dir.file("bad.json", "TaskARN=");
+    let short_arn = dir.create("short.json", "{\"TaskARN\":\"arn:aws\"}");
+    let not_json = dir.create("bad.json", "TaskARN=");
     let base = Env::hermetic().set("ECS_ENABLE_CONTAINER_METADATA", "true");
     let env = base
         .clone()
@@ -1107,7 +1105,7 @@ fn ecs_metadata_file_region_and_its_failure_modes() {
         );
     }
     // The profile region comes first.
-    let config = dir.file("config", "[profile eu]\nregion = eu-south-2\n");
+    let config = dir.create("config", "[profile eu]\nregion = eu-south-2\n");
     let env = env
         .set("AWS_CONFIG_FILE", &config.display().to_string())
         .set("AWS_PROFILE", "eu");
