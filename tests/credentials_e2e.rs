@@ -13,88 +13,31 @@
 //!
 //! Every wait is bounded; child processes are killed on drop.
 
-mod credentials_support;
 mod e2e_support;
+use xrayd_kit as support;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use credentials_support::{
-    FakeServer, Request, Response, TempDir, auth_key_id, signature_check, sts_ok, wait_for,
-};
-use e2e_support::Proc;
+use support::sigv4::auth_key_id;
+use support::{Answer, Daemon, FakeXray, RecordedRequest, TempDir, poll, send_segments, sts_ok};
 
-const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
-const LISTENING_PREFIX: &str = "Listening for segments on UDP ";
 const REGION: &str = "us-east-1";
 
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// Runs a short command with a deadline; (status, stdout, stderr).
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "command did not finish within {timeout:?}; stderr: {}",
-                t_err.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status,
-        t_out.join().unwrap_or_default(),
-        t_err.join().unwrap_or_default(),
-    )
-}
-
-/// Starts xrayd with exactly `env` (nothing inherited) and waits for its UDP address.
-fn start_xrayd(env: &[(&str, &str)]) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(XRAYD);
-    cmd.args(["-b", "127.0.0.1:0", "-t", "127.0.0.1:0", "-o", "-n", REGION])
-        .env_clear();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut p = Proc::spawn("xrayd", &mut cmd);
-    let line = p
-        .wait_for_line(LISTENING_PREFIX, Duration::from_secs(15))
-        .unwrap_or_else(|| panic!("xrayd did not start listening\n{}", p.log()));
-    let rest = &line[line.find(LISTENING_PREFIX).unwrap() + LISTENING_PREFIX.len()..];
-    let addr: SocketAddr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|w| w.trim_end_matches([',', '.']).parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
-    (p, addr)
+/// Starts xrayd with `env` and nothing from the host (the kit's clean environment: no AWS
+/// settings, no profile files, instance metadata disabled) and waits for its UDP address.
+fn start_xrayd(env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    let d = Daemon::spawn(
+        &["-b", "127.0.0.1:0", "-t", "127.0.0.1:0", "-o", "-n", REGION],
+        env,
+    );
+    let addr = d.udp_addr();
+    (d, addr)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,12 +83,8 @@ fn segments(n: usize) -> Vec<(String, String, String)> {
 }
 
 fn send(addr: SocketAddr, docs: &[(String, String, String)]) {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for (_, _, doc) in docs {
-        let dgram = format!("{{\"format\":\"json\",\"version\":1}}\n{doc}");
-        sock.send_to(dgram.as_bytes(), addr).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let docs: Vec<&str> = docs.iter().map(|(_, _, doc)| doc.as_str()).collect();
+    send_segments(addr, &docs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,13 +98,13 @@ const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.e2e-irsa-jwt.c2lnbmF0dXJl";
 #[test]
 fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
     let dir = TempDir::new("e2e-fake");
-    let token_file = dir.file("token", &format!("{JWT}\n"));
+    let token_file = dir.create("token", &format!("{JWT}\n"));
     let problems = Arc::new(Mutex::new(Vec::<String>::new()));
     let uploaded = Arc::new(Mutex::new(Vec::<String>::new()));
     let fake = {
         let problems = problems.clone();
         let uploaded = uploaded.clone();
-        FakeServer::start(move |r: &Request| {
+        FakeXray::serve(move |r: &RecordedRequest| {
             if r.path == "/" {
                 let form = r.form();
                 if form.get("Action").map(String::as_str) == Some("AssumeRoleWithWebIdentity")
@@ -184,7 +123,7 @@ fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
                     .lock()
                     .unwrap()
                     .push(format!("bad STS call {form:?}"));
-                return Response::xml(
+                return Answer::xml(
                     400,
                     "<ErrorResponse><Error><Code>Bad</Code></Error></ErrorResponse>",
                 );
@@ -198,20 +137,20 @@ fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
             } else if !auth.contains("/us-east-1/xray/aws4_request") {
                 Err(format!("scope in {auth}"))
             } else {
-                signature_check(r, FAKE_KEY, FAKE_SECRET, Some(FAKE_TOKEN))
+                r.signed_by(FAKE_KEY, FAKE_SECRET, Some(FAKE_TOKEN))
             };
             if let Err(why) = check {
                 problems
                     .lock()
                     .unwrap()
                     .push(format!("{} {}: {why}", r.method, r.path));
-                return Response::json(403, "{\"__type\":\"InvalidSignatureException\"}");
+                return Answer::json(403, "{\"__type\":\"InvalidSignatureException\"}");
             }
             if r.path == "/TraceSegments" {
                 uploaded.lock().unwrap().push(r.text());
-                return Response::json(200, "{\"UnprocessedTraceSegments\":[]}");
+                return Answer::json(200, "{\"UnprocessedTraceSegments\":[]}");
             }
-            Response::json(200, "{}")
+            Answer::json(200, "{}")
         })
     };
     let token_path = token_file.display().to_string();
@@ -224,7 +163,7 @@ fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
     ]);
     let docs = segments(3);
     send(addr, &docs);
-    let all_there = wait_for(Duration::from_secs(30), || {
+    let all_there = poll(Duration::from_secs(30), || {
         let bodies = uploaded.lock().unwrap().join("\n");
         docs.iter()
             .all(|(_, id, _)| bodies.contains(id))
@@ -266,25 +205,6 @@ fn irsa_web_identity_credentials_sign_uploads_to_a_fake() {
 /// True if the test should run; prints `SKIPPED` (or panics under `XRAYD_REQUIRE_E2E=1`).
 fn e2e_enabled(test: &str) -> bool {
     e2e_support::e2e_enabled(test, &["boto3", "moto"])
-}
-
-/// Python and moto see only what we set: no ambient AWS settings or proxies.
-fn hermetic(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(k) = key.to_str() else { continue };
-        let upper = k.to_ascii_uppercase();
-        if upper.starts_with("AWS_") || upper.ends_with("_PROXY") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("AWS_CONFIG_FILE", "/nonexistent/xrayd-creds-e2e/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/xrayd-creds-e2e/credentials",
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
 }
 
 /// IAM calls moto lets through unauthenticated: CreateRole, PutRolePolicy, CreateUser,
@@ -330,46 +250,13 @@ except ClientError as e:
 print(json.dumps({"documents": docs, "wrong_secret_refused": refused}))
 "#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
-}
-
-fn start_moto(cwd: &std::path::Path) -> (Proc, u16) {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let port = free_port();
-        let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(cwd);
-        hermetic(&mut cmd);
-        cmd.env(
-            "INITIAL_NO_AUTH_ACTION_COUNT",
-            MOTO_NO_AUTH_ACTIONS.to_string(),
-        );
-        let mut p = Proc::spawn("moto_server", &mut cmd);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && p.exited().is_none() {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return (p, port);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        last = p.log();
-    }
-    panic!("moto_server did not start\n{last}");
-}
-
 fn python(script: &str, args: &[&str], cwd: &std::path::Path) -> String {
     let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).args(args).current_dir(cwd);
-    hermetic(&mut cmd);
-    let (status, out, err) = run_bounded(&mut cmd, Duration::from_secs(60));
-    assert!(status.success(), "python failed ({status}):\n{out}\n{err}");
-    out
+    cmd.arg("-c").arg(script).args(args);
+    e2e_support::run("python", cmd, &[("PYTHONDONTWRITEBYTECODE", "1")], cwd)
+        .success("python")
+        .stdout
+        .clone()
 }
 
 #[test]
@@ -378,7 +265,8 @@ fn irsa_web_identity_credentials_sign_uploads_to_moto() {
         return;
     }
     let dir = TempDir::new("e2e-moto");
-    let (moto, port) = start_moto(&dir.0);
+    let moto = e2e_support::start_moto_with(&dir.0, MOTO_NO_AUTH_ACTIONS);
+    let port = moto.port;
     let url = format!("http://127.0.0.1:{port}");
     let setup: serde_json::Value =
         serde_json::from_str(python(SETUP_PY, &[&url], &dir.0).trim()).expect("setup JSON");
@@ -386,7 +274,7 @@ fn irsa_web_identity_credentials_sign_uploads_to_moto() {
     let reader_key = setup["AccessKeyId"].as_str().unwrap().to_string();
     let reader_secret = setup["SecretAccessKey"].as_str().unwrap().to_string();
 
-    let token_file = dir.file("token", &format!("{JWT}\n"));
+    let token_file = dir.create("token", &format!("{JWT}\n"));
     let token_path = token_file.display().to_string();
     let (mut xrayd, addr) = start_xrayd(&[
         ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_path),
@@ -398,7 +286,7 @@ fn irsa_web_identity_credentials_sign_uploads_to_moto() {
     send(addr, &docs);
     let trace_ids: Vec<&str> = docs.iter().map(|(t, _, _)| t.as_str()).collect();
     let mut last = serde_json::Value::Null;
-    let found = wait_for(Duration::from_secs(60), || {
+    let found = poll(Duration::from_secs(60), || {
         let mut args = vec![url.as_str(), reader_key.as_str(), reader_secret.as_str()];
         args.extend(trace_ids.iter().copied());
         let out: serde_json::Value =
@@ -412,7 +300,7 @@ fn irsa_web_identity_credentials_sign_uploads_to_moto() {
     let out = found.unwrap_or_else(|| {
         panic!(
             "segments did not come back from moto; last answer {last}\n{log}\n{}",
-            moto.log()
+            moto.proc.log_tail(200)
         )
     });
     // moto checked signatures: a wrong secret is refused, so the accepted uploads were signed

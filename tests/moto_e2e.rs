@@ -20,19 +20,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e_support::{
-    Creds, Moto, Proc, REGION, TempDir, excerpt, first_difference, get_traces, hermetic_env,
-    moto_setup, run_script, start_moto,
+    Creds, Moto, REGION, excerpt, first_difference, get_traces, moto_setup, run_script, start_moto,
 };
 use serde_json::Value;
-
-const XRAYD: &str = env!("CARGO_BIN_EXE_xrayd");
-/// Runs another daemon executable instead of the built `xrayd` (to check this harness itself
-/// against a stand-in); it gets the same command line.
-const DAEMON_OVERRIDE_ENV: &str = "XRAYD_E2E_DAEMON";
+use xrayd_kit::{self as support, TempDir};
 
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -155,38 +149,31 @@ fn assert_signature_verification_on(moto: &Moto, creds: &Creds) {
 // ---------------------------------------------------------------------------------------------
 // xrayd
 
+/// xrayd (or, as for every test of the kit, the executable `XRAYD_TEST_BIN` names: a stand-in
+/// checks this harness itself) and the UDP address it reported.
 struct Daemon {
-    proc: Proc,
+    proc: support::Daemon,
     udp: String,
 }
 
-fn start_xrayd(moto: &Moto, creds: &Creds, cwd: &Path) -> Daemon {
-    let daemon = std::env::var_os(DAEMON_OVERRIDE_ENV).unwrap_or_else(|| XRAYD.into());
-    let mut cmd = Command::new(daemon);
-    cmd.args([
-        "-b",
-        "127.0.0.1:0",
-        "-t",
-        "127.0.0.1:0",
-        "-o",
-        "-n",
-        REGION,
-        "--endpoint",
+fn start_xrayd(moto: &Moto, creds: &Creds) -> Daemon {
+    // A fresh scratch directory: no ./cfg.yaml is auto-found.
+    let proc = support::Daemon::for_endpoint_with(
         &moto.endpoint(),
-    ])
-    // No ./cfg.yaml is auto-found in a fresh directory.
-    .current_dir(cwd);
-    hermetic_env(&mut cmd);
-    cmd.env("AWS_ACCESS_KEY_ID", &creds.key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &creds.secret);
-    let mut proc = Proc::spawn("xrayd", &mut cmd);
-    let udp = proc.wait_for(DAEMON_START_TIMEOUT, |lines| {
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", &creds.key_id),
+            ("AWS_SECRET_ACCESS_KEY", &creds.secret),
+        ],
+    );
+    let udp = proc.wait_map(DAEMON_START_TIMEOUT, |lines| {
         lines.iter().find_map(|l| {
             l.split_once("Listening for segments on UDP ")
                 .map(|(_, addr)| addr.trim().to_string())
         })
     });
     let Some(udp) = udp else {
+        let mut proc = proc;
         let status = proc.exited();
         panic!(
             "xrayd did not report `Listening for segments on UDP <addr>` within \
@@ -274,13 +261,7 @@ fn emit_segments(
         &[("AWS_XRAY_DAEMON_ADDRESS", daemon_udp)],
         cwd,
     );
-    assert!(
-        run.status.success(),
-        "emit_segments.py failed ({}):\n{}\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
+    run.success("emit_segments.py");
     let text = std::fs::read_to_string(out).expect("records file");
     let v: Value = serde_json::from_str(&text).expect("records file is JSON");
     let records: Vec<Record> = v
@@ -311,7 +292,7 @@ fn sdk_segments_reach_signature_verifying_moto_byte_for_byte() {
     let creds = moto_setup(&moto, &tmp.0);
     assert_signature_verification_on(&moto, &creds);
 
-    let mut daemon = start_xrayd(&moto, &creds, &tmp.0);
+    let mut daemon = start_xrayd(&moto, &creds);
     let records_file = tmp.0.join("records.json");
     // 20 SDK traces (a third of them large and streamed) plus hand-written datagrams: more than
     // 50 documents, so at least two PutTraceSegments batches.
@@ -322,7 +303,7 @@ fn sdk_segments_reach_signature_verifying_moto_byte_for_byte() {
         "expected more than 50 datagrams, got {expected}"
     );
 
-    let outcome = daemon.proc.wait_for(UPLOAD_TIMEOUT, |lines| {
+    let outcome = daemon.proc.wait_map(UPLOAD_TIMEOUT, |lines| {
         let (sent, partial) = sent_segments(lines);
         (sent >= expected || !partial.is_empty()).then_some((sent, partial))
     });
@@ -444,11 +425,11 @@ fn wrong_secret_is_refused_by_moto_and_xrayd_keeps_running() {
         secret: format!("{}-wrong", creds.secret),
     };
 
-    let mut daemon = start_xrayd(&moto, &wrong, &tmp.0);
+    let mut daemon = start_xrayd(&moto, &wrong);
     let records_file = tmp.0.join("records.json");
     let records = emit_segments(&daemon.udp, &records_file, 3, &[], &tmp.0);
 
-    let failure = daemon.proc.wait_for(UPLOAD_TIMEOUT, |lines| {
+    let failure = daemon.proc.wait_map(UPLOAD_TIMEOUT, |lines| {
         lines.iter().find(|l| mentions_auth_failure(l)).cloned()
     });
     let tail = daemon.proc.log_tail(60);
@@ -464,6 +445,7 @@ fn wrong_secret_is_refused_by_moto_and_xrayd_keeps_running() {
     // It keeps taking datagrams after the failure.
     let more_file = tmp.0.join("records-more.json");
     let more = emit_segments(&daemon.udp, &more_file, 1, &["--no-raw"], &tmp.0);
+    // Staying up while time passes is the scenario: the daemon must not exit meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     let tail = daemon.proc.log_tail(60);
     assert!(

@@ -32,10 +32,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use e2e_support::{
-    Creds, ScriptOutput, TempDir, excerpt, first_difference, get_traces, moto_setup, run_node,
-    run_script, start_moto,
+    Creds, ScriptOutput, excerpt, first_difference, get_traces, moto_setup, run_node, run_script,
+    start_moto,
 };
-use support::{Daemon, FakeXray, assert_conserved, poll_until, secs};
+use support::{Daemon, FakeXray, TempDir, assert_conserved, poll_until, run_or_skip, secs};
 
 const PYTHON_MODULES: &[&str] = &["boto3", "moto", "aws_xray_sdk"];
 /// Every (sub)segment name of the corpus starts with this, then the case name.
@@ -544,7 +544,7 @@ fn node_sdk_corpus_reaches_moto_byte_exact() {
 #[test]
 fn python_sdk_sampling_through_xrayd() {
     let test = "python_sdk_sampling_through_xrayd";
-    if !e2e_support::run_or_skip(test, e2e_support::missing_python_modules(&["aws_xray_sdk"])) {
+    if !run_or_skip(test, e2e_support::missing_python_modules(&["aws_xray_sdk"])) {
         return;
     }
     let tmp = TempDir::new("sampling-python");
@@ -564,7 +564,7 @@ fn python_sdk_sampling_through_xrayd() {
 #[test]
 fn node_sdk_sampling_through_xrayd() {
     let test = "node_sdk_sampling_through_xrayd";
-    if !e2e_support::run_or_skip(test, e2e_support::missing_node_prerequisite()) {
+    if !run_or_skip(test, e2e_support::missing_node_prerequisite()) {
         return;
     }
     let tmp = TempDir::new("sampling-node");

@@ -202,7 +202,7 @@ impl Daemon {
             ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
         ];
         envs.extend_from_slice(extra_envs);
-        Self::for_endpoint_envs(endpoint, &args, &envs)
+        Self::for_endpoint_with(endpoint, &args, &envs)
     }
 
     /// xrayd against `endpoint` with both ports on loopback (`-o`, test region) at the default
@@ -216,11 +216,12 @@ impl Daemon {
         } else {
             &[]
         };
-        Self::for_endpoint_envs(endpoint, extra, envs)
+        Self::for_endpoint_with(endpoint, extra, envs)
     }
 
-    /// `-b 127.0.0.1:0 -t 127.0.0.1:0 -n us-east-1 -o --endpoint <endpoint>`, then `extra`.
-    fn for_endpoint_envs(endpoint: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
+    /// xrayd with `-b 127.0.0.1:0 -t 127.0.0.1:0 -n us-east-1 -o --endpoint <endpoint>`, then
+    /// `extra`, in the clean environment plus `envs` (no credentials unless there).
+    pub fn for_endpoint_with(endpoint: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut args: Vec<&str> = vec![
             "-b",
             "127.0.0.1:0",

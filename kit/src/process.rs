@@ -343,9 +343,8 @@ pub struct Ran {
 }
 
 impl Ran {
-    /// The last stdout line parsed as JSON, panicking with everything the command said if it
-    /// failed or printed none.
-    pub fn json(&self, name: &str) -> serde_json::Value {
+    /// Panics with everything `name` said unless it exited with success.
+    pub fn success(&self, name: &str) -> &Ran {
         assert!(
             self.status.success(),
             "{name} failed ({}):\n{}\n{}",
@@ -353,6 +352,13 @@ impl Ran {
             self.stdout,
             self.stderr
         );
+        self
+    }
+
+    /// The last stdout line parsed as JSON, panicking with everything the command said if it
+    /// failed or printed none.
+    pub fn json(&self, name: &str) -> serde_json::Value {
+        self.success(name);
         let last = self.stdout.lines().last().unwrap_or_default();
         serde_json::from_str(last).unwrap_or_else(|e| {
             panic!(

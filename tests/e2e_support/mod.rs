@@ -1,25 +1,23 @@
 //! Support for the end-to-end tests against `moto_server` and the real X-Ray SDKs
 //! (`credentials_e2e`, `moto_e2e`, `sdk_conformance`).
 //!
-//! - The skip policy: the tests run when python3 has the modules they need and `moto_server` is on
-//!   PATH (and, for the Node SDK, `node` with `tests/node/node_modules` installed); otherwise they
-//!   print `SKIPPED: <why>` and pass, unless `XRAYD_REQUIRE_E2E=1` is set (CI), in which case they
-//!   fail with that reason.
-//! - A child process with collected output ([`Proc`]), scripts run with a deadline
-//!   ([`run_script`], [`run_node`]) in a hermetic environment (no ambient AWS settings).
+//! - The prerequisites: the tests run when python3 has the modules they need and `moto_server` is
+//!   on PATH (and, for the Node SDK, `node` with `tests/node/node_modules` installed); otherwise
+//!   they skip through the kit's skip report (`SKIPPED: <test>: <why>` on stderr), unless
+//!   `XRAYD_REQUIRE_E2E=1` is set (CI), in which case they fail with that reason.
+//! - Python and Node scripts run with a deadline ([`run_script`], [`run_node`]) in a hermetic
+//!   environment (no ambient AWS settings), through the kit's child processes.
 //! - A signature-verifying `moto_server` ([`start_moto`], [`moto_setup`]) and BatchGetTraces
 //!   through boto3 ([`get_traces`]).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
+use xrayd_kit::{Proc, Ran, hermetic_command, poll, run_or_skip, run_to_end};
 
 pub const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
 /// The Node project of the SDK tests: `package.json`, the committed lockfile, and the scripts.
@@ -144,185 +142,11 @@ pub fn node_e2e_enabled(test: &str, modules: &[&str]) -> bool {
     )
 }
 
-/// True if nothing is missing; otherwise prints `SKIPPED: <test>: <why>` and returns false, or
-/// panics under `XRAYD_REQUIRE_E2E=1`.
-pub fn run_or_skip(test: &str, missing: Option<String>) -> bool {
-    let Some(reason) = missing else {
-        return true;
-    };
-    if std::env::var("XRAYD_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{test}: XRAYD_REQUIRE_E2E=1 but {reason}");
-    }
-    // Straight to the stderr handle: unlike eprintln!, this is not swallowed by the test
-    // harness's output capture, so the skip shows in a plain `cargo test`.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
-    false
-}
-
-/// A child process whose stdout and stderr lines are collected; killed on drop.
-pub struct Proc {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let lines = Arc::clone(&lines);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    match line {
-                        Ok(l) => lines.lock().unwrap().push(l),
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            readers,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Every line so far, under a header naming the process.
-    pub fn log(&self) -> String {
-        format!("--- {} output ---\n{}", self.name, self.lines().join("\n"))
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        let start = lines.len().saturating_sub(n);
-        format!(
-            "--- last {} of {} lines of {} ---\n{}",
-            lines.len() - start,
-            lines.len(),
-            self.name,
-            lines[start..].join("\n")
-        )
-    }
-
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Polls `pred` over the collected lines until it returns `Some`, the process exits or the
-    /// timeout passes.
-    pub fn wait_for<T>(
-        &mut self,
-        timeout: Duration,
-        mut pred: impl FnMut(&[String]) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = pred(&self.lines()) {
-                return Some(v);
-            }
-            if Instant::now() >= deadline || self.exited().is_some() {
-                // One last look: the readers may have caught up.
-                std::thread::sleep(Duration::from_millis(100));
-                return pred(&self.lines());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The first line containing `needle`, waiting as `wait_for` does.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        self.wait_for(timeout, |lines| {
-            lines.iter().find(|l| l.contains(needle)).cloned()
-        })
-    }
-
-    /// SIGTERM, then wait (bounded); SIGKILL if it does not exit in time.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Some(status);
-        }
-        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                self.join_readers();
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.join_readers();
-        None
-    }
-
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Scripts
 
-pub struct ScriptOutput {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl ScriptOutput {
-    /// The last stdout line parsed as JSON, panicking with everything the script said if it
-    /// failed or printed none.
-    pub fn json(&self, name: &str) -> Value {
-        assert!(
-            self.status.success(),
-            "{name} failed ({}):\n{}\n{}",
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-        let last = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|e| {
-            panic!(
-                "{name}: last stdout line is not JSON ({e}):\n{}\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
+/// What a script printed.
+pub type ScriptOutput = Ran;
 
 /// Runs `python3 tests/e2e/<script> args...` with a deadline.
 pub fn run_script(script: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> ScriptOutput {
@@ -344,65 +168,11 @@ pub fn run_node(script: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -
 /// it does not finish within [`SCRIPT_TIMEOUT`].
 pub fn run(name: &str, mut cmd: Command, env: &[(&str, &str)], cwd: &Path) -> ScriptOutput {
     cmd.current_dir(cwd);
-    hermetic_env(&mut cmd);
+    hermetic_command(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_t.join().unwrap_or_default();
-            panic!("{name} did not finish within {SCRIPT_TIMEOUT:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    ScriptOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-/// Removes ambient AWS configuration and proxies, so that only what the test sets is used.
-pub fn hermetic_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(k) = key.to_str() else { continue };
-        let upper = k.to_ascii_uppercase();
-        if upper.starts_with("AWS_") || upper.ends_with("_PROXY") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("AWS_CONFIG_FILE", "/nonexistent/xrayd-e2e/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/xrayd-e2e/credentials",
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
+    run_to_end(name, &mut cmd, SCRIPT_TIMEOUT)
 }
 
 pub fn free_port() -> u16 {
@@ -410,28 +180,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
-}
-
-/// A scratch directory under cargo's per-target tmp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("moto-e2e-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +199,11 @@ impl Moto {
 /// `moto_server -H 127.0.0.1 -p PORT` (its entry point, run by python3 with a higher recursion
 /// limit: [`MOTO_RECURSION_LIMIT`]) with `INITIAL_NO_AUTH_ACTION_COUNT=3`, once it listens.
 pub fn start_moto(cwd: &Path) -> Moto {
+    start_moto_with(cwd, MOTO_NO_AUTH_ACTIONS)
+}
+
+/// Like [`start_moto`], letting `no_auth_actions` actions through unauthenticated.
+pub fn start_moto_with(cwd: &Path, no_auth_actions: u32) -> Moto {
     let entry = format!(
         "import sys; sys.setrecursionlimit({MOTO_RECURSION_LIMIT}); \
          sys.argv[0] = 'moto_server'; from moto.server import main; sys.exit(main())"
@@ -461,21 +214,21 @@ pub fn start_moto(cwd: &Path) -> Moto {
         let mut cmd = Command::new("python3");
         cmd.args(["-c", &entry, "-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(cwd);
-        hermetic_env(&mut cmd);
-        cmd.env(
-            "INITIAL_NO_AUTH_ACTION_COUNT",
-            MOTO_NO_AUTH_ACTIONS.to_string(),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        hermetic_command(&mut cmd);
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", no_auth_actions.to_string())
+            .env("PYTHONDONTWRITEBYTECODE", "1");
         let mut proc = Proc::spawn("moto_server", &mut cmd);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + MOTO_START_TIMEOUT;
         // A bare TCP connect does not reach moto's action counter.
-        while Instant::now() < deadline && proc.exited().is_none() {
+        let listening = poll(MOTO_START_TIMEOUT, || {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Moto { proc, port };
+                Some(true)
+            } else {
+                proc.exited().map(|_| false)
             }
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        if listening == Some(true) {
+            return Moto { proc, port };
         }
         last_failure = proc.log_tail(20);
         drop(proc);
@@ -547,13 +300,7 @@ pub fn get_traces(moto: &Moto, creds: &Creds, ids_file: &Path, cwd: &Path) -> Fe
         &[],
         cwd,
     );
-    assert!(
-        run.status.success(),
-        "get_traces.py failed ({}):\n{}\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
+    run.success("get_traces.py");
     let v: Value = serde_json::from_str(run.stdout.trim()).expect("get_traces.py output is JSON");
     let segments = v["Segments"]
         .as_array()
