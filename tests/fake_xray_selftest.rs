@@ -1079,3 +1079,163 @@ fn udp_datagrams_carry_the_header_and_document() {
         assert_eq!(body, doc);
     }
 }
+
+/// A signed POST of `body` to `path` (JSON headers), on a fresh connection.
+fn signed_post(fake: &FakeXray, path: &str, body: &[u8]) -> support::http::Response {
+    let host = fake.addr().to_string();
+    let h = aws_sign(
+        &format!("{}{path}", fake.endpoint()),
+        &[("host", &host), ("content-type", "application/json")],
+        body,
+        SystemTime::now(),
+        TEST_REGION,
+        None,
+    );
+    Client::connect(fake.addr())
+        .unwrap()
+        .request("POST", path, &h, body)
+        .unwrap()
+}
+
+#[test]
+fn fake_plays_the_sampling_apis_and_instance_metadata() {
+    let fake = FakeXray::start();
+    let r = signed_post(&fake, "/GetSamplingRules", b"{}");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, support::DEFAULT_RULES.to_string())
+    );
+    let stats = br#"{"SamplingStatisticsDocuments":[{"RuleName":"a"},{"RuleName":"b"}]}"#;
+    let r = signed_post(&fake, "/SamplingTargets", stats);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let names: Vec<&str> = v["SamplingTargetDocuments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["RuleName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "one target per reported rule");
+    // Unsigned: 403, like X-Ray.
+    let r = support::one_shot(fake.addr(), "POST", "/GetSamplingRules", b"{}");
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-amzn-errortype"),
+        Some("InvalidSignatureException")
+    );
+    // A per-path answer replaces the built-in one, with its own Content-Type.
+    fake.answer_typed("/GetSamplingRules", 429, "application/x-amz-json-1.1", "{}");
+    let r = signed_post(&fake, "/GetSamplingRules", b"{}");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), Some("application/x-amz-json-1.1"));
+
+    // IMDSv2: a token, then the values set.
+    fake.set_metadata("instance-id", "i-0selftest");
+    let mut c = Client::connect(fake.addr()).unwrap();
+    let r = c
+        .request("PUT", "/latest/api/token", &hdrs(&[("host", "x")]), b"")
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "fake-token".to_string()));
+    let r = c
+        .request("GET", "/latest/meta-data/instance-id", &[], b"")
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "i-0selftest".to_string()));
+    let r = c
+        .request("GET", "/latest/meta-data/hostname", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 404);
+
+    // Every request, in arrival order, with its answer.
+    let seen = fake.seen();
+    let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/GetSamplingRules",
+            "/SamplingTargets",
+            "/GetSamplingRules",
+            "/GetSamplingRules",
+            "/latest/api/token",
+            "/latest/meta-data/instance-id",
+            "/latest/meta-data/hostname"
+        ]
+    );
+    let statuses: Vec<Option<u16>> = seen.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 403, 429, 200, 200, 404].map(Some).to_vec()
+    );
+    assert_eq!(fake.seen_on("/GetSamplingRules").len(), 3);
+}
+
+#[test]
+fn fake_goes_down_and_comes_back_on_the_same_port() {
+    let fake = FakeXray::start();
+    let addr = fake.addr();
+    assert_eq!(signed_post(&fake, "/GetSamplingRules", b"{}").status, 200);
+    fake.down();
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    assert!(refused.is_err(), "connected while the fake is down");
+    fake.up();
+    assert_eq!(signed_post(&fake, "/GetSamplingRules", b"{}").status, 200);
+    assert_eq!(fake.addr(), addr);
+    assert_eq!(fake.seen().len(), 2, "nothing recorded while down");
+    assert_eq!(fake.connections(), 2);
+}
+
+#[test]
+fn a_handler_answers_everything_and_signatures_are_verified_again() {
+    let fake = FakeXray::serve(|r| {
+        if r.path == "/creds" {
+            support::Answer::json(200, &support::creds_json("ASIA1", "s", "t", 60))
+        } else {
+            support::sts_error(403, "AccessDenied", "no")
+        }
+    });
+    let r = support::one_shot(fake.addr(), "GET", "/creds", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["AccessKeyId"], "ASIA1");
+    let r = support::one_shot(fake.addr(), "POST", "/", b"Action=AssumeRole&RoleArn=a%3Ab");
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(fake.seen()[1].form()["RoleArn"], "a:b");
+    assert_eq!(fake.count(|r| r.method == "GET"), 1);
+
+    // The request's own signature, checked against what the caller expects.
+    let body = br#"{"TraceSegmentDocuments":[]}"#;
+    let host = fake.addr().to_string();
+    let h = aws_sign_with(
+        &format!("{}/TraceSegments", fake.endpoint()),
+        &[("host", &host)],
+        body,
+        SystemTime::now(),
+        "eu-west-1",
+        "ASIAOTHER",
+        "other-secret",
+        Some("tok"),
+    );
+    Client::connect(fake.addr())
+        .unwrap()
+        .request("POST", "/TraceSegments", &h, body)
+        .unwrap();
+    let r = fake.seen().pop().unwrap();
+    assert_eq!(
+        r.signed_by("ASIAOTHER", "other-secret", Some("tok")),
+        Ok(())
+    );
+    assert!(
+        r.signed_by("ASIAOTHER", "wrong-secret", Some("tok"))
+            .is_err()
+    );
+    assert!(r.signed_by("ASIAOTHER", "other-secret", None).is_err());
+    assert!(
+        r.signed_by("AKIDTEST", "other-secret", Some("tok"))
+            .is_err()
+    );
+}

@@ -110,6 +110,7 @@ pub fn send_segments_paced<S: AsRef<str>>(addr: SocketAddr, docs: &[S], pace: Pa
     for (i, d) in docs.iter().enumerate() {
         send_one(&sock, addr, &datagram(d.as_ref()));
         if pace.burst != usize::MAX && (i + 1) % pace.burst.max(1) == 0 {
+            // Pacing is the point: the kernel buffer and the daemon keep up.
             std::thread::sleep(pace.pause);
         }
     }
