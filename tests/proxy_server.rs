@@ -65,7 +65,22 @@ impl Running {
     }
 }
 
+/// The proxy logs in this process: its lines go to a sink, not to the terminal of a green run
+/// (the tests read what they check from answers and metrics).
+fn quiet_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        xrayd::log::init(
+            xrayd::log::Level::Info,
+            xrayd::log::Format::Text,
+            xrayd::log::Output::Writer(Box::new(std::io::sink())),
+        )
+        .expect("log init");
+    });
+}
+
 fn start_with(upstream: Option<Upstream>, options: Options, stats: Arc<Stats>) -> Running {
+    quiet_log();
     stats.ingest_running.store(true, Relaxed);
     let server = Server::start(Config {
         bind: "127.0.0.1:0".into(),
@@ -912,6 +927,7 @@ fn at_the_connection_limit_a_new_client_takes_the_longest_idle_ones_place() {
 
 #[test]
 fn bind_failure_is_a_clear_error_and_ipv6_works() {
+    quiet_log();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let err = Server::start(Config {
@@ -977,6 +993,7 @@ fn readyz_follows_the_upload_pipeline() {
     use xrayd::upload::sink::XraySink;
     use xrayd::xray::client::XrayClient;
 
+    quiet_log();
     let fake = FakeXray::start();
     let stats = Arc::new(Stats::default());
     let backlog = Arc::new(Backlog::new());
