@@ -5,11 +5,12 @@
 use xrayd_kit as support;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::daemon::{Daemon, scratch_dir};
 use support::udp::{HEADER, Pace, send_segments_paced};
 use support::{
-    Behaviour, FakeXray, SigCheck, make_segment, millis, secs, segment_index, send_raw,
+    Behaviour, FakeXray, SigCheck, make_segment, millis, poll_until, secs, segment_index, send_raw,
     send_segments,
 };
 
@@ -120,21 +121,63 @@ fn stop(d: &mut Daemon) -> HashMap<String, u64> {
     counts
 }
 
-/// Wait until no document has been delivered for `quiet` (or `limit` passed).
-fn wait_until_quiet(fake: &FakeXray, quiet: Duration, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let mut last = fake.delivered_count();
-    let mut since = Instant::now();
-    while Instant::now() < deadline {
-        std::thread::sleep(millis(100));
-        let now = fake.delivered_count();
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            return;
-        }
-    }
+/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
+fn tcp_addr(d: &Daemon) -> SocketAddr {
+    let line = d
+        .wait_for_line("Starting proxy http server on ", secs(10))
+        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
+    line.rsplit("server on ")
+        .next()
+        .and_then(|a| a.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// One sample of the daemon's `/metrics`, by its full name (labels included); None while the
+/// endpoint does not answer or lacks the sample.
+fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
+    let mut client = support::http::Client::connect(tcp).ok()?;
+    let text = client
+        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
+        .ok()?
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the `/metrics` sample `name` satisfies `ok` and returns it; panics after
+/// `timeout`, saying `what` was expected.
+fn wait_for_metric(
+    tcp: SocketAddr,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(u64) -> bool,
+) -> u64 {
+    poll_until(
+        timeout,
+        || format!("{what}: {name} is {:?}", metric(tcp, name)),
+        || metric(tcp, name).filter(|v| ok(*v)),
+    )
+}
+
+/// Datagrams the kernel dropped on the UDP socket bound to `addr` for want of buffer space (the
+/// `drops` column of /proc/net/udp).
+fn kernel_drops(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn now_secs() -> f64 {
@@ -260,10 +303,18 @@ fn idle_batch_is_flushed_after_one_second_not_before() {
     let fake = FakeXray::start();
     let mut d = Daemon::for_fake(&fake, &[], &[]);
     let addr = d.udp_addr();
+    let tcp = tcp_addr(&d);
     let sent = docs(0..3, 1000);
     let t0 = Instant::now();
     send_segments(addr, &sent);
-    std::thread::sleep(millis(300));
+    // All three are in the daemon now, and none may have gone out yet: the batch waits for more.
+    wait_for_metric(
+        tcp,
+        "xrayd_segments_received_total",
+        secs(10),
+        "3 segments received",
+        |n| n == 3,
+    );
     assert_eq!(
         fake.request_count(),
         0,
@@ -341,11 +392,19 @@ fn client_errors_are_not_retried_and_counted_as_rejected_by_xray() {
         &[],
     );
     let addr = d.udp_addr();
+    let tcp = tcp_addr(&d);
     let first = docs(0..10, 600);
     send_segments(addr, &first);
     assert!(fake.wait_for_answered(1, secs(15)), "{}", fake.summary());
-    // A retry would come within ~50-200 ms; give it ample time not to happen.
-    std::thread::sleep(millis(1500));
+    // Once the daemon has counted the batch as refused, it is done with it: a retry would have
+    // come instead.
+    wait_for_metric(
+        tcp,
+        "xrayd_segments_refused_total",
+        secs(15),
+        "the 10 segments counted as refused",
+        |n| n == 10,
+    );
     assert_eq!(
         fake.request_count(),
         1,
@@ -435,13 +494,30 @@ fn over_budget_the_oldest_segments_spill_over_and_the_newest_are_delivered() {
     let n = 3000u64;
     let size = 2000;
     let sent = docs(0..n, size);
+    let addr = d.udp_addr();
+    let tcp = tcp_addr(&d);
     // Chunks of 100 datagrams (~0.4 MB of kernel buffer) 50 ms apart: ample
     // time for the daemon to drain its socket between chunks.
-    send_segments_paced(d.udp_addr(), &sent, Pace::CHUNKED);
-    // Let the daemon read the socket dry, then let X-Ray accept again.
-    std::thread::sleep(secs(2));
+    send_segments_paced(addr, &sent, Pace::CHUNKED);
+    // Let the daemon read the socket dry (every datagram received or dropped by the kernel),
+    // then let X-Ray accept again.
+    poll_until(
+        DELIVERY,
+        || format!("socket not read dry; kernel drops {}", kernel_drops(addr)),
+        || {
+            let received = metric(tcp, "xrayd_segments_received_total")?;
+            (received + kernel_drops(addr) >= n).then_some(())
+        },
+    );
     fake.set_default(Behaviour::Ok);
-    wait_until_quiet(&fake, secs(4), DELIVERY);
+    // Everything that survived the budget is delivered once nothing is held any more.
+    wait_for_metric(
+        tcp,
+        "xrayd_buffered_segments",
+        DELIVERY,
+        "all held segments delivered",
+        |held| held == 0,
+    );
     let counts = stop(&mut d);
 
     let delivered = fake.delivered_documents();
@@ -582,9 +658,9 @@ fn sigterm_drains_the_queue_and_exits_zero() {
     let n = 1000u64;
     let sent = docs(0..n, 800);
     send_segments(d.udp_addr(), &sent);
-    // Uploads have started; most segments are still queued or in flight.
-    assert!(fake.wait_for_requests(1, secs(15)), "{}", fake.summary());
-    std::thread::sleep(millis(300));
+    // Uploads have started and the first one is answered; most segments are still queued or in
+    // flight.
+    assert!(fake.wait_for_answered(1, secs(15)), "{}", fake.summary());
     let delivered_at_signal = fake.delivered_count();
     let counts = stop(&mut d);
     // SIGTERM stops receiving, but what already sat in the socket buffer is taken
@@ -685,14 +761,17 @@ fn local_sink_writes_each_segment_as_one_json_line() {
     );
     let sent = docs(0..40, 900);
     send_segments(d.udp_addr(), &sent);
-    let deadline = Instant::now() + secs(15);
-    while Instant::now() < deadline {
-        let lines = std::fs::read_to_string(&out).unwrap_or_default();
-        if lines.lines().count() >= 40 {
-            break;
-        }
-        std::thread::sleep(millis(50));
-    }
+    let lines_in_sink = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    poll_until(
+        secs(15),
+        || format!("{} of 40 lines in {}", lines_in_sink(), out.display()),
+        || (lines_in_sink() >= 40).then_some(()),
+    );
     let counts = stop(&mut d);
     let text = std::fs::read_to_string(&out).expect("sink file");
     assert!(text.ends_with('\n'), "every line ends with a newline");
@@ -736,6 +815,7 @@ fn datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_on
         }
         assert_eq!(buf.len() % size, 0);
         tx.send_to(&buf, addr).unwrap();
+        // Pacing, not a wait: each send is twenty datagrams at once, spaced for a slow reader.
         std::thread::sleep(millis(5));
     }
     let delivered = fake.wait_for_documents(sent.len(), DELIVERY);
