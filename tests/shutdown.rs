@@ -17,6 +17,7 @@
 use xrayd_kit as support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
@@ -52,6 +53,38 @@ fn count_each(v: &[String]) -> HashMap<&str, usize> {
         *m.entry(d.as_str()).or_default() += 1;
     }
     m
+}
+
+/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
+fn tcp_addr(d: &Daemon) -> SocketAddr {
+    let line = d
+        .wait_for_line("Starting proxy http server on ", secs(10))
+        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
+    line.rsplit("server on ")
+        .next()
+        .and_then(|a| a.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// One sample of the daemon's `/metrics`, by its full name (labels included); None while the
+/// endpoint does not answer or lacks the sample.
+fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
+    let mut client = support::http::Client::connect(tcp).ok()?;
+    let text = client
+        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
+        .ok()?
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the `/metrics` sample `name` satisfies `ok`; panics after `timeout`.
+fn wait_for_metric(tcp: SocketAddr, name: &str, timeout: Duration, ok: impl Fn(u64) -> bool) {
+    poll_until(
+        timeout,
+        || format!("{name} is {:?}", metric(tcp, name)),
+        || metric(tcp, name).filter(|v| ok(*v)),
+    );
 }
 
 /// SIGTERM, then the exit status and how long the exit took.
@@ -106,10 +139,18 @@ fn sigterm_during_outage_reports_what_it_dropped() {
     fake.set_default(Behaviour::service_unavailable());
     let mut d = Daemon::for_fake(&fake, &args(&["--shutdown-timeout", "2s"]), &[]);
     let addr = d.udp_addr();
+    let tcp = tcp_addr(&d);
     let want = docs(0..200, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     assert!(fake.wait_for_requests(2, secs(30)), "{}", fake.summary());
-    std::thread::sleep(secs(1));
+    // All 200 taken in, and two calls have failed in the daemon's eyes.
+    wait_for_metric(tcp, "xrayd_segments_received_total", secs(30), |n| n == 200);
+    wait_for_metric(
+        tcp,
+        r#"xrayd_upload_errors_total{class="http_5xx"}"#,
+        secs(30),
+        |n| n >= 2,
+    );
     // Deadline 2 s + the final telemetry call (at most 1 s once the deadline has passed) + slack.
     let took = term(&mut d, secs(6));
     let counts = d.final_counts();
@@ -123,8 +164,12 @@ fn sigterm_during_outage_reports_what_it_dropped() {
         .wait_for_line("Shutdown timeout of 2.0 seconds reached", secs(1))
         .unwrap_or_else(|| panic!("no shutdown-timeout warning:\n{}", d.log()));
     assert!(warning.contains("dropped 200 segments"), "{warning}");
+    // The expected warning, without its timestamp and level tag (a green run shows no `[Warn]`).
+    let message = warning
+        .split_once("] ")
+        .map_or(warning.as_str(), |(_, m)| m);
     println!(
-        "shutdown during outage: exited {:.1}s after SIGTERM; {warning}",
+        "shutdown during outage: exited {:.1}s after SIGTERM, as expected saying: {message}",
         took.as_secs_f64()
     );
 }
@@ -203,8 +248,13 @@ fn sigterm_with_upload_in_flight_past_deadline() {
     let (fake, mut d) = upload_in_flight_past_deadline();
     let took = term(&mut d, secs(6));
     let counts = d.final_counts();
-    // Give the fake time to record (or retract) its late answer.
-    std::thread::sleep(millis(2000));
+    // Let the fake record (or retract) its late answer: every call it took is answered.
+    let calls = fake.request_count();
+    assert!(
+        fake.wait_for_answered(calls, secs(10)),
+        "{}",
+        fake.summary()
+    );
     let delivered = fake.delivered_count() as u64;
     println!(
         "in flight at the deadline: exited after {:.1}s; sent={} dropped_at_shutdown={} segments_held={}; fake delivered {delivered}",
