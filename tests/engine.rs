@@ -503,7 +503,13 @@ fn over_budget_the_oldest_segments_spill_over_and_the_newest_are_delivered() {
     // then let X-Ray accept again.
     poll_until(
         DELIVERY,
-        || format!("socket not read dry; kernel drops {}", kernel_drops(addr)),
+        || {
+            format!(
+                "socket not read dry: {:?} of {n} received, {} dropped by the kernel",
+                metric(tcp, "xrayd_segments_received_total"),
+                kernel_drops(addr)
+            )
+        },
         || {
             let received = metric(tcp, "xrayd_segments_received_total")?;
             (received + kernel_drops(addr) >= n).then_some(())
