@@ -5,7 +5,6 @@
 use xrayd_kit as support;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::daemon::{Daemon, scratch_dir};
 use support::udp::{HEADER, Pace, send_segments_paced};
@@ -119,65 +118,6 @@ fn stop(d: &mut Daemon) -> HashMap<String, u64> {
     let counts = d.final_counts();
     assert_counts_add_up(&counts);
     counts
-}
-
-/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
-    line.rsplit("server on ")
-        .next()
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
-/// One sample of the daemon's `/metrics`, by its full name (labels included); None while the
-/// endpoint does not answer or lacks the sample.
-fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
-    let mut client = support::http::Client::connect(tcp).ok()?;
-    let text = client
-        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
-        .ok()?
-        .text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Waits until the `/metrics` sample `name` satisfies `ok` and returns it; panics after
-/// `timeout`, saying `what` was expected.
-fn wait_for_metric(
-    tcp: SocketAddr,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    ok: impl Fn(u64) -> bool,
-) -> u64 {
-    poll_until(
-        timeout,
-        || format!("{what}: {name} is {:?}", metric(tcp, name)),
-        || metric(tcp, name).filter(|v| ok(*v)),
-    )
-}
-
-/// Datagrams the kernel dropped on the UDP socket bound to `addr` for want of buffer space (the
-/// `drops` column of /proc/net/udp).
-fn kernel_drops(addr: SocketAddr) -> u64 {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("{addr} is not IPv4")
-    };
-    let local = format!(
-        "{:08X}:{:04X}",
-        u32::from_ne_bytes(v4.ip().octets()),
-        v4.port()
-    );
-    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn now_secs() -> f64 {
@@ -303,12 +243,12 @@ fn idle_batch_is_flushed_after_one_second_not_before() {
     let fake = FakeXray::start();
     let mut d = Daemon::for_fake(&fake, &[], &[]);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let sent = docs(0..3, 1000);
     let t0 = Instant::now();
     send_segments(addr, &sent);
     // All three are in the daemon now, and none may have gone out yet: the batch waits for more.
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         "xrayd_segments_received_total",
         secs(10),
@@ -392,13 +332,13 @@ fn client_errors_are_not_retried_and_counted_as_rejected_by_xray() {
         &[],
     );
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let first = docs(0..10, 600);
     send_segments(addr, &first);
     assert!(fake.wait_for_answered(1, secs(15)), "{}", fake.summary());
     // Once the daemon has counted the batch as refused, it is done with it: a retry would have
     // come instead.
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         "xrayd_segments_refused_total",
         secs(15),
@@ -495,7 +435,7 @@ fn over_budget_the_oldest_segments_spill_over_and_the_newest_are_delivered() {
     let size = 2000;
     let sent = docs(0..n, size);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     // Chunks of 100 datagrams (~0.4 MB of kernel buffer) 50 ms apart: ample
     // time for the daemon to drain its socket between chunks.
     send_segments_paced(addr, &sent, Pace::CHUNKED);
@@ -506,18 +446,18 @@ fn over_budget_the_oldest_segments_spill_over_and_the_newest_are_delivered() {
         || {
             format!(
                 "socket not read dry: {:?} of {n} received, {} dropped by the kernel",
-                metric(tcp, "xrayd_segments_received_total"),
-                kernel_drops(addr)
+                support::sample(tcp, "xrayd_segments_received_total"),
+                support::udp::kernel_drops(addr)
             )
         },
         || {
-            let received = metric(tcp, "xrayd_segments_received_total")?;
-            (received + kernel_drops(addr) >= n).then_some(())
+            let received = support::sample(tcp, "xrayd_segments_received_total")?;
+            (received + support::udp::kernel_drops(addr) >= n).then_some(())
         },
     );
     fake.set_default(Behaviour::Ok);
     // Everything that survived the budget is delivered once nothing is held any more.
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         "xrayd_buffered_segments",
         DELIVERY,

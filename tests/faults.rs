@@ -367,15 +367,15 @@ fn partial_unprocessed() {
     fake.set_script(vec![Behaviour::Unprocessed(5), Behaviour::Unprocessed(3)]);
     let mut d = spawn_against(&fake, &[]);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let want = docs(0..100, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     wait_delivered(&fake, 92, case);
     // The daemon has read both answers: 92 counted as sent, the 8 returned as unprocessed.
-    wait_for_metric(tcp, "xrayd_segments_sent_total", secs(15), case, |n| {
+    support::wait_for_sample(tcp, "xrayd_segments_sent_total", secs(15), case, |n| {
         n == 92
     });
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         "xrayd_segments_unprocessed_total",
         secs(15),
@@ -416,14 +416,14 @@ fn unknown_host_is_counted_and_dropped_at_shutdown() {
         &["--shutdown-timeout", "2s"],
     );
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let want = docs(0..60, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     // All 60 taken, and a call failed on the name.
-    wait_for_metric(tcp, "xrayd_segments_received_total", secs(15), case, |n| {
+    support::wait_for_sample(tcp, "xrayd_segments_received_total", secs(15), case, |n| {
         n == 60
     });
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         r#"xrayd_upload_errors_total{class="unknown_host"}"#,
         secs(30),
@@ -449,11 +449,11 @@ fn connection_refused_then_endpoint_appears() {
     let port = Forwarder::closed_port();
     let mut d = spawn_for(&format!("http://127.0.0.1:{port}"), &[]);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let want = docs(0..80, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     // Calls are being refused.
-    wait_for_metric(
+    support::wait_for_sample(
         tcp,
         r#"xrayd_upload_errors_total{class="connection_refused"}"#,
         secs(30),
@@ -617,45 +617,6 @@ fn rss_kib(pid: u32) -> (u64, u64, u64) {
     (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
 }
 
-/// A gauge or counter of the daemon's `/metrics` (read on its TCP port).
-fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
-    s.set_read_timeout(Some(secs(10))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: xrayd\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
-    line.rsplit("server on ")
-        .next()
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no proxy address in {line:?}"))
-}
-
-/// Waits until the `/metrics` sample `name` satisfies `ok` and returns it; panics after
-/// `timeout`, naming `case`.
-fn wait_for_metric(
-    tcp: SocketAddr,
-    name: &str,
-    timeout: Duration,
-    case: &str,
-    ok: impl Fn(u64) -> bool,
-) -> u64 {
-    poll_until(
-        timeout,
-        || format!("{case}: {name} is {:?}", metric(tcp, name)),
-        || metric(tcp, name).filter(|v| ok(*v)),
-    )
-}
-
 /// 60 KB segments (escape-heavy or plain) through an outage (503s, then recovery) or a slow X-Ray
 /// (2 s per call) with a budget of `budget_mib`: the daemon's peak RSS and its RSS once all is
 /// delivered stay within the budget plus 16 MiB.
@@ -679,7 +640,7 @@ fn memory_case(budget_mib: u64, escaped: bool, slow: bool) {
     let budget = budget_mib.to_string();
     let mut d = spawn_against(&fake, &["-m", &budget]);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     // A quarter more than the budget holds, at least two full batches.
     let n = (budget_mib * 1024 * 1024 * 5 / 4 / SIZE as u64).max(100);
     let want: Vec<String> = (0..n)
@@ -704,7 +665,7 @@ fn memory_case(budget_mib: u64, escaped: bool, slow: bool) {
     poll_until(
         secs(180),
         || format!("{case}: still buffered; fake: {}", fake.summary()),
-        || (metric(tcp, "xrayd_buffered_segments") == Some(0)).then_some(()),
+        || (support::sample(tcp, "xrayd_buffered_segments") == Some(0)).then_some(()),
     );
     let (peak, after, code) = rss_kib(d.pid());
     let counts = stop(&mut d);

@@ -10,7 +10,6 @@
 use xrayd_kit as support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -30,29 +29,6 @@ fn vm_rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
-    line.rsplit("server on ")
-        .next()
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
-/// One sample of the daemon's `/metrics`, by its full name; None while the endpoint does not
-/// answer or lacks the sample.
-fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
-    let mut client = support::http::Client::connect(tcp).ok()?;
-    let text = client
-        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
-        .ok()?
-        .text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// xorshift64*: deterministic random bytes.
@@ -152,11 +128,16 @@ fn malformed_flood_with_valid_traffic() {
     let addr = d.udp_addr();
     let pid = d.pid();
     // Idle: started up in full (ingest running, credentials found), nothing received yet.
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     poll_until(
         secs(20),
-        || format!("not ready: xrayd_ready is {:?}", metric(tcp, "xrayd_ready")),
-        || (metric(tcp, "xrayd_ready") == Some(1)).then_some(()),
+        || {
+            format!(
+                "not ready: xrayd_ready is {:?}",
+                support::sample(tcp, "xrayd_ready")
+            )
+        },
+        || (support::sample(tcp, "xrayd_ready") == Some(1)).then_some(()),
     );
     let idle_kb = vm_rss_kb(pid).expect("VmRSS");
 

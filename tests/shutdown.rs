@@ -17,7 +17,6 @@
 use xrayd_kit as support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::udp::{Pace, send_segments_paced};
@@ -53,38 +52,6 @@ fn count_each(v: &[String]) -> HashMap<&str, usize> {
         *m.entry(d.as_str()).or_default() += 1;
     }
     m
-}
-
-/// The daemon's TCP address (`-t 127.0.0.1:0`), from its `Starting proxy http server on` line.
-fn tcp_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("no proxy server line:\n{}", d.log()));
-    line.rsplit("server on ")
-        .next()
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
-/// One sample of the daemon's `/metrics`, by its full name (labels included); None while the
-/// endpoint does not answer or lacks the sample.
-fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
-    let mut client = support::http::Client::connect(tcp).ok()?;
-    let text = client
-        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
-        .ok()?
-        .text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Waits until the `/metrics` sample `name` satisfies `ok`; panics after `timeout`.
-fn wait_for_metric(tcp: SocketAddr, name: &str, timeout: Duration, ok: impl Fn(u64) -> bool) {
-    poll_until(
-        timeout,
-        || format!("{name} is {:?}", metric(tcp, name)),
-        || metric(tcp, name).filter(|v| ok(*v)),
-    );
 }
 
 /// SIGTERM, then the exit status and how long the exit took.
@@ -139,16 +106,23 @@ fn sigterm_during_outage_reports_what_it_dropped() {
     fake.set_default(Behaviour::service_unavailable());
     let mut d = Daemon::for_fake(&fake, &args(&["--shutdown-timeout", "2s"]), &[]);
     let addr = d.udp_addr();
-    let tcp = tcp_addr(&d);
+    let tcp = d.tcp_addr();
     let want = docs(0..200, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     assert!(fake.wait_for_requests(2, secs(30)), "{}", fake.summary());
     // All 200 taken in, and two calls have failed in the daemon's eyes.
-    wait_for_metric(tcp, "xrayd_segments_received_total", secs(30), |n| n == 200);
-    wait_for_metric(
+    support::wait_for_sample(
+        tcp,
+        "xrayd_segments_received_total",
+        secs(30),
+        "all 200 received",
+        |n| n == 200,
+    );
+    support::wait_for_sample(
         tcp,
         r#"xrayd_upload_errors_total{class="http_5xx"}"#,
         secs(30),
+        "two failed calls",
         |n| n >= 2,
     );
     // Deadline 2 s + the final telemetry call (at most 1 s once the deadline has passed) + slack.

@@ -31,7 +31,7 @@ pub use fake_xray::{
     TEST_SECRET_KEY, document_id,
 };
 pub use http::{json_headers, one_shot};
-pub use metrics::{Exposition, parse_prometheus, scrape};
+pub use metrics::{Exposition, parse_prometheus, sample, scrape, wait_for_sample};
 pub use process::{Proc, Ran, run_to_end};
 pub use sigv4::{SigCheck, Verifier, WireRequest};
 pub use skip::{run_or_skip, skip};
