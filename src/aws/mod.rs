@@ -17,4 +17,5 @@ pub mod profile;
 pub mod region;
 pub mod signed;
 pub mod sigv4;
+pub mod sso_cache;
 pub mod sts;
