@@ -8,7 +8,9 @@
 //! token refreshed with OIDC `CreateToken` and written back with the file's mode kept; an expired
 //! token that cannot be refreshed, a missing or malformed cache file, and a portal answering
 //! 401/403, each a clear error that says to run `aws sso login`; and no token, secret or full key
-//! id anywhere in the daemon's output.
+//! id anywhere in the daemon's output. In process (the chain's provider, no daemon): role
+//! credentials refreshed ahead of their expiry like every source's, and a token within the
+//! refresh window used as it is while OIDC cannot refresh it, refreshed once OIDC can.
 //!
 //! The cache file names are the SHA-1 of the session name / start URL, computed here with
 //! `sha1sum` rather than by the code under test.
@@ -18,13 +20,17 @@ use xrayd_kit as support;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use support::{
-    Answer, Daemon, FakeXray, RecordedRequest, TempDir, poll, rfc3339_in, segment_id,
+    Answer, Daemon, Env, FakeXray, RecordedRequest, TempDir, poll, rfc3339_in, segment_id,
     send_segments, small_segment,
 };
+use xrayd::aws::credentials::{
+    CacheConfig, ChainOptions, Credentials, ProvideCredentials, build_provider_with,
+};
+use xrayd::log::{Format, Level, Output};
 
 const REGION: &str = "us-east-1";
 const SESSION: &str = "my-sso";
@@ -566,4 +572,169 @@ fn portal_refusals_401_and_403_are_clear_errors() {
         assert!(sso.calls("/federation/credentials") >= 1);
         assert_no_secret(&log);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In process: the chain's provider
+
+#[derive(Clone)]
+struct SharedBuf(LogBuf);
+
+type LogBuf = Arc<Mutex<Vec<u8>>>;
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every line the in-process tests log lands here (not on the terminal), to be checked for
+/// secrets.
+fn log_buffer() -> &'static LogBuf {
+    static LOG: OnceLock<LogBuf> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        xrayd::log::init(
+            Level::Trace,
+            Format::Text,
+            Output::Writer(Box::new(SharedBuf(buf.clone()))),
+        )
+        .expect("log init");
+        buf
+    })
+}
+
+fn log_text() -> String {
+    let buf = log_buffer();
+    xrayd::log::flush(Duration::from_secs(2));
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+fn fast_opts() -> ChainOptions {
+    log_buffer();
+    ChainOptions {
+        sts_timeout: Duration::from_secs(5),
+        cache: CacheConfig {
+            refresh_before_expiry: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_millis(100),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(400),
+        },
+        ..ChainOptions::default()
+    }
+}
+
+/// The chain for profile `dev` of `home`, the portal at `portal`, OIDC at `oidc`.
+fn provider(home: &TempDir, portal: &str, oidc: &str) -> (Arc<dyn ProvideCredentials>, String) {
+    let env = Env::hermetic()
+        .set("HOME", &home.path().display().to_string())
+        .set("AWS_CONFIG_FILE", &home.file(".aws/config"))
+        .set("AWS_PROFILE", "dev")
+        .set("AWS_ENDPOINT_URL_SSO", portal)
+        .set("AWS_ENDPOINT_URL_SSO_OIDC", oidc);
+    build_provider_with(&env.lookup(), REGION, None, None, &fast_opts())
+        .unwrap_or_else(|e| panic!("build_provider: {e}"))
+}
+
+fn creds_eventually(p: &Arc<dyn ProvideCredentials>) -> Credentials {
+    let mut last = String::new();
+    poll(Duration::from_secs(15), || match p.credentials() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            last = e.0;
+            None
+        }
+    })
+    .unwrap_or_else(|| panic!("no credentials within 15 s; last error: {last}"))
+}
+
+#[test]
+fn role_credentials_are_refreshed_before_they_expire() {
+    let home = home(SESSION_PROFILE);
+    write_cache(
+        &home,
+        SESSION_CACHE,
+        &cache_doc(ACCESS_TOKEN, 3600, true),
+        0o600,
+    );
+    let calls = Arc::new(Mutex::new(0u32));
+    let c = calls.clone();
+    // Role credentials that last 4 s: the cache refreshes them at half their remaining life.
+    let portal = FakeXray::serve(move |r: &RecordedRequest| {
+        if r.header("x-amz-sso_bearer_token") != Some(ACCESS_TOKEN) {
+            return Answer::aws_error(401, "UnauthorizedException", "bad token");
+        }
+        let mut n = c.lock().unwrap();
+        *n += 1;
+        let expiration = (std::time::SystemTime::now() + Duration::from_secs(4))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        Answer::json(
+            200,
+            &serde_json::json!({"roleCredentials": {
+                "accessKeyId": format!("ASIAROTATING{n:06}"),
+                "secretAccessKey": ROLE_SECRET,
+                "sessionToken": ROLE_TOKEN,
+                "expiration": expiration,
+            }})
+            .to_string(),
+        )
+    });
+    let (p, desc) = provider(&home, &portal.url(), "http://127.0.0.1:9");
+    assert!(desc.contains("IAM Identity Center (SSO)"), "{desc}");
+    let first = creds_eventually(&p);
+    assert_eq!(first.access_key_id(), "ASIAROTATING000001");
+    assert!(first.expiry().is_some());
+    let rotated = poll(Duration::from_secs(15), || {
+        p.credentials()
+            .ok()
+            .filter(|c| c.access_key_id() != "ASIAROTATING000001")
+    });
+    assert!(
+        rotated.is_some(),
+        "never refreshed; {} portal calls",
+        calls.lock().unwrap()
+    );
+    assert_no_secret(&log_text());
+}
+
+#[test]
+fn a_token_in_the_refresh_window_is_used_while_oidc_is_down_then_refreshed() {
+    // Expires in 2 minutes: inside the 5-minute refresh window, not yet expired.
+    let home = home(SESSION_PROFILE);
+    let doc = cache_doc(ACCESS_TOKEN, 120, true);
+    let cache = write_cache(&home, SESSION_CACHE, &doc, 0o600);
+
+    // OIDC unreachable (nothing listens on the discard port): the current token still works.
+    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
+    let (p, _) = provider(&home, &sso.fake.url(), "http://127.0.0.1:9");
+    assert_eq!(creds_eventually(&p).access_key_id(), ROLE_KEY);
+    assert_eq!(
+        std::fs::read_to_string(&cache).unwrap(),
+        doc,
+        "cache untouched"
+    );
+    drop(p);
+
+    // OIDC up: the token is refreshed ahead of its expiry and the new one is used.
+    let sso = SsoFake::start(Portal::Accept(NEW_ACCESS_TOKEN));
+    let (p, _) = provider(&home, &sso.fake.url(), &sso.fake.url());
+    assert_eq!(creds_eventually(&p).access_key_id(), ROLE_KEY);
+    assert!(sso.problems().is_empty(), "{:?}", sso.problems());
+    assert_eq!(sso.calls("/token"), 1);
+    let back: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(back["accessToken"], NEW_ACCESS_TOKEN);
+    let log = log_text();
+    assert!(
+        log.contains("Cannot refresh the SSO access token of profile `dev` yet")
+            && log.contains("Refreshed the SSO access token of profile `dev`"),
+        "{log}"
+    );
+    assert_no_secret(&log);
 }
