@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use support::sso::{Portal, SsoFake, SsoIdentities};
 use support::{
     Answer, Daemon, Env, FakeXray, RecordedRequest, TempDir, poll, rfc3339_in, segment_id,
     send_segments, small_segment,
@@ -117,119 +118,19 @@ fn write_cache(home: &TempDir, name: &str, text: &str, mode: u32) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Fakes
 
-/// How the fake portal answers.
-#[derive(Clone, Copy)]
-enum Portal {
-    /// Role credentials for `token`, 401 for any other token.
-    Accept(&'static str),
-    /// This status (an `UnauthorizedException` / `ForbiddenException`) whatever the token.
-    Refuse(u16),
-}
-
-/// The fake portal + OIDC service, and what it found wrong.
-struct SsoFake {
-    fake: FakeXray,
-    problems: Collected,
-}
-
-impl SsoFake {
-    fn start(portal: Portal) -> SsoFake {
-        let problems = Arc::new(Mutex::new(Vec::<String>::new()));
-        let p = problems.clone();
-        let fake = FakeXray::serve(move |r: &RecordedRequest| {
-            let problem = |why: String| {
-                p.lock().unwrap().push(why);
-            };
-            match (r.method.as_str(), r.path.as_str()) {
-                ("GET", "/federation/credentials") => {
-                    if !(r.query.contains(&format!("account_id={ACCOUNT}"))
-                        && r.query.contains(&format!("role_name={ROLE}")))
-                    {
-                        problem(format!("GetRoleCredentials query {:?}", r.query));
-                    }
-                    if r.header("authorization").is_some() {
-                        problem("GetRoleCredentials is signed".into());
-                    }
-                    let bearer = r.header("x-amz-sso_bearer_token");
-                    match portal {
-                        Portal::Accept(token) if bearer == Some(token) => {
-                            let expiration = (std::time::SystemTime::now()
-                                + Duration::from_secs(3600))
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap()
-                            .as_millis() as u64;
-                            Answer::json(
-                                200,
-                                &serde_json::json!({"roleCredentials": {
-                                    "accessKeyId": ROLE_KEY,
-                                    "secretAccessKey": ROLE_SECRET,
-                                    "sessionToken": ROLE_TOKEN,
-                                    "expiration": expiration,
-                                }})
-                                .to_string(),
-                            )
-                        }
-                        Portal::Accept(_) => {
-                            problem("GetRoleCredentials with a wrong bearer token".into());
-                            Answer::aws_error(
-                                401,
-                                "UnauthorizedException",
-                                "Session token not found or invalid",
-                            )
-                        }
-                        Portal::Refuse(401) => Answer::aws_error(
-                            401,
-                            "UnauthorizedException",
-                            "Session token not found or invalid",
-                        ),
-                        Portal::Refuse(status) => Answer::aws_error(
-                            status,
-                            "ForbiddenException",
-                            "No access to this role",
-                        ),
-                    }
-                }
-                ("POST", "/token") => {
-                    let body = r.json();
-                    let want = serde_json::json!({
-                        "clientId": CLIENT_ID,
-                        "clientSecret": CLIENT_SECRET,
-                        "grantType": "refresh_token",
-                        "refreshToken": REFRESH_TOKEN,
-                    });
-                    if body != want {
-                        problem(format!("CreateToken body {body}"));
-                        return Answer::json(
-                            400,
-                            r#"{"error":"invalid_grant","error_description":"bad"}"#,
-                        );
-                    }
-                    Answer::json(
-                        200,
-                        &serde_json::json!({
-                            "accessToken": NEW_ACCESS_TOKEN,
-                            "tokenType": "Bearer",
-                            "expiresIn": 28800,
-                            "refreshToken": NEW_REFRESH_TOKEN,
-                        })
-                        .to_string(),
-                    )
-                }
-                (m, path) => {
-                    problem(format!("unexpected {m} {path}"));
-                    Answer::text(404, "not found")
-                }
-            }
-        });
-        SsoFake { fake, problems }
-    }
-
-    fn calls(&self, path: &str) -> usize {
-        self.fake.count(|r| r.path == path)
-    }
-
-    fn problems(&self) -> Vec<String> {
-        self.problems.lock().unwrap().clone()
+/// The identities of these tests, as the fake SSO portal and OIDC service expect and issue them.
+fn identities() -> SsoIdentities {
+    SsoIdentities {
+        account: ACCOUNT.into(),
+        role: ROLE.into(),
+        role_key: ROLE_KEY.into(),
+        role_secret: ROLE_SECRET.into(),
+        role_token: ROLE_TOKEN.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        refresh_token: REFRESH_TOKEN.into(),
+        new_access_token: NEW_ACCESS_TOKEN.into(),
+        new_refresh_token: NEW_REFRESH_TOKEN.into(),
     }
 }
 
@@ -327,9 +228,9 @@ fn sso_session_profile_role_credentials_sign_uploads() {
     let home = home(SESSION_PROFILE);
     let doc = cache_doc(ACCESS_TOKEN, 3600, true);
     let cache = write_cache(&home, SESSION_CACHE, &doc, 0o600);
-    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
+    let sso = SsoFake::start(&identities(), Portal::Accept(ACCESS_TOKEN));
     let (xray, uploaded, xray_problems) = xray_for_role_credentials();
-    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.url());
     let log = upload_three(xrayd, addr, &uploaded);
 
     assert!(
@@ -379,9 +280,9 @@ fn legacy_profile_reads_the_cache_keyed_by_the_start_url() {
         &cache_doc(ACCESS_TOKEN, 3600, false),
         0o600,
     );
-    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
+    let sso = SsoFake::start(&identities(), Portal::Accept(ACCESS_TOKEN));
     let (xray, uploaded, xray_problems) = xray_for_role_credentials();
-    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.url());
     let log = upload_three(xrayd, addr, &uploaded);
 
     assert!(
@@ -403,9 +304,9 @@ fn expired_token_is_refreshed_with_oidc_and_written_back_with_its_mode() {
         &cache_doc(ACCESS_TOKEN, -60, true),
         0o640,
     );
-    let sso = SsoFake::start(Portal::Accept(NEW_ACCESS_TOKEN));
+    let sso = SsoFake::start(&identities(), Portal::Accept(NEW_ACCESS_TOKEN));
     let (xray, uploaded, xray_problems) = xray_for_role_credentials();
-    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, addr) = start_xrayd(home.path(), &xray.url(), &sso.url());
     let log = upload_three(xrayd, addr, &uploaded);
 
     assert!(
@@ -453,9 +354,9 @@ fn expired_token_that_cannot_be_refreshed_says_to_log_in_again() {
         &cache_doc(ACCESS_TOKEN, -60, false),
         0o600,
     );
-    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
+    let sso = SsoFake::start(&identities(), Portal::Accept(ACCESS_TOKEN));
     let (xray, _uploaded, _) = xray_for_role_credentials();
-    let (xrayd, _) = start_xrayd(home_a.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_a.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "aws sso login --profile dev");
     assert!(
         line.contains("expired")
@@ -473,7 +374,7 @@ fn expired_token_that_cannot_be_refreshed_says_to_log_in_again() {
         &cache_doc(ACCESS_TOKEN, -60, true),
         0o600,
     );
-    let (xrayd, _) = start_xrayd(home_b.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_b.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "aws sso login --profile dev");
     assert!(
         line.contains("expired") && line.contains("cannot refresh"),
@@ -487,7 +388,7 @@ fn expired_token_that_cannot_be_refreshed_says_to_log_in_again() {
         serde_json::from_str(&cache_doc(ACCESS_TOKEN, -60, true)).unwrap();
     doc["registrationExpiresAt"] = rfc3339_in(-3600).into();
     write_cache(&home_c, SESSION_CACHE, &doc.to_string(), 0o600);
-    let (xrayd, _) = start_xrayd(home_c.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_c.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "aws sso login --profile dev");
     assert!(line.contains("registration has expired"), "{line}");
     assert_no_secret(&log);
@@ -502,11 +403,11 @@ fn expired_token_that_cannot_be_refreshed_says_to_log_in_again() {
 
 #[test]
 fn missing_or_malformed_cache_files_are_clear_errors() {
-    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
+    let sso = SsoFake::start(&identities(), Portal::Accept(ACCESS_TOKEN));
     let (xray, _uploaded, _) = xray_for_role_credentials();
 
     let home_a = home(SESSION_PROFILE);
-    let (xrayd, _) = start_xrayd(home_a.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_a.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "aws sso login --profile dev");
     assert!(
         line.contains("does not exist") && line.contains(SESSION_CACHE),
@@ -521,7 +422,7 @@ fn missing_or_malformed_cache_files_are_clear_errors() {
         &format!("{{\"accessToken\":\"{ACCESS_TOKEN}\",\"expiresAt\":"),
         0o600,
     );
-    let (xrayd, _) = start_xrayd(home_b.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_b.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "is malformed");
     assert!(
         line.contains("not a JSON document") && line.contains("aws sso login"),
@@ -536,7 +437,7 @@ fn missing_or_malformed_cache_files_are_clear_errors() {
         &format!("{{\"accessToken\":\"{ACCESS_TOKEN}\"}}"),
         0o600,
     );
-    let (xrayd, _) = start_xrayd(home_c.path(), &xray.url(), &sso.fake.url());
+    let (xrayd, _) = start_xrayd(home_c.path(), &xray.url(), &sso.url());
     let (line, log) = credentials_error(xrayd, "is malformed");
     assert!(line.contains("no expiresAt"), "{line}");
     assert_no_secret(&log);
@@ -554,9 +455,9 @@ fn portal_refusals_401_and_403_are_clear_errors() {
             &cache_doc(ACCESS_TOKEN, 3600, true),
             0o600,
         );
-        let sso = SsoFake::start(Portal::Refuse(status));
+        let sso = SsoFake::start(&identities(), Portal::Refuse(status));
         let (xray, _uploaded, _) = xray_for_role_credentials();
-        let (xrayd, _) = start_xrayd(home.path(), &xray.url(), &sso.fake.url());
+        let (xrayd, _) = start_xrayd(home.path(), &xray.url(), &sso.url());
         let (line, log) = credentials_error(xrayd, "refused the SSO access token");
         let kind = if status == 401 {
             "UnauthorizedException"
@@ -711,8 +612,8 @@ fn a_token_in_the_refresh_window_is_used_while_oidc_is_down_then_refreshed() {
     let cache = write_cache(&home, SESSION_CACHE, &doc, 0o600);
 
     // OIDC unreachable (nothing listens on the discard port): the current token still works.
-    let sso = SsoFake::start(Portal::Accept(ACCESS_TOKEN));
-    let (p, _) = provider(&home, &sso.fake.url(), "http://127.0.0.1:9");
+    let sso = SsoFake::start(&identities(), Portal::Accept(ACCESS_TOKEN));
+    let (p, _) = provider(&home, &sso.url(), "http://127.0.0.1:9");
     assert_eq!(creds_eventually(&p).access_key_id(), ROLE_KEY);
     assert_eq!(
         std::fs::read_to_string(&cache).unwrap(),
@@ -722,8 +623,8 @@ fn a_token_in_the_refresh_window_is_used_while_oidc_is_down_then_refreshed() {
     drop(p);
 
     // OIDC up: the token is refreshed ahead of its expiry and the new one is used.
-    let sso = SsoFake::start(Portal::Accept(NEW_ACCESS_TOKEN));
-    let (p, _) = provider(&home, &sso.fake.url(), &sso.fake.url());
+    let sso = SsoFake::start(&identities(), Portal::Accept(NEW_ACCESS_TOKEN));
+    let (p, _) = provider(&home, &sso.url(), &sso.url());
     assert_eq!(creds_eventually(&p).access_key_id(), ROLE_KEY);
     assert!(sso.problems().is_empty(), "{:?}", sso.problems());
     assert_eq!(sso.calls("/token"), 1);

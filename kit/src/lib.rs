@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod process;
 pub mod sigv4;
 pub mod skip;
+pub mod sso;
 pub mod tempdir;
 pub mod udp;
 pub mod wait;
