@@ -65,11 +65,9 @@ fn build_sink(
                     .map_err(|e| ConfigError(format!("--local-sink: cannot open {path}: {e}")))?,
             )
         };
-        crate::info!(
-            "Using local sink: writing segments to {} instead of X-Ray",
-            if path == "-" { "stdout" } else { path }
-        );
-        return Ok((Arc::new(LocalSink::new(out)), None, None));
+        let destination = if path == "-" { "stdout" } else { path };
+        crate::info!("Using local sink: writing segments to {destination} instead of X-Ray");
+        return Ok((Arc::new(LocalSink::new(out, destination)), None, None));
     }
     let region = s.region.as_deref().unwrap_or_default();
     crate::info!("Using region: {region}");

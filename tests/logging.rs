@@ -76,7 +76,7 @@ fn lines_follow_the_aws_daemon_format_and_prod_is_info() {
         Duration::ZERO,
     );
     d.line(
-        "Successfully sent batch of 1 segments",
+        "Wrote batch of 1 segments to the local sink",
         Duration::from_secs(10),
     );
     assert!(d.stop().success());

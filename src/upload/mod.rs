@@ -110,7 +110,14 @@ impl Uploader {
                 let m = (unprocessed.len() as u64).min(n);
                 self.stats.delivered(p.batch.take_charge(), m);
                 if m == 0 {
-                    crate::info!("Successfully sent batch of {n} segments ({secs:.3} seconds)");
+                    match self.sink.local_destination() {
+                        None => crate::info!(
+                            "Successfully sent batch of {n} segments ({secs:.3} seconds)"
+                        ),
+                        Some(to) => crate::info!(
+                            "Wrote batch of {n} segments to the local sink ({to}) ({secs:.3} seconds)"
+                        ),
+                    }
                 } else {
                     crate::warn!(
                         "Sent batch of {n} segments but had {m} Unprocessed segments ({secs:.3} seconds)"

@@ -30,6 +30,12 @@ pub enum Delivery {
 pub trait Sink: Send + Sync {
     /// Tries once to deliver `batch`.
     fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery;
+
+    /// Where a local sink writes (`stdout` or a path), for the per-batch log line; `None` for
+    /// X-Ray, whose line keeps the AWS daemon's wording.
+    fn local_destination(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// PutTraceSegments to X-Ray.
@@ -112,18 +118,24 @@ fn document_may_be_at_fault(error_type: &str) -> bool {
 /// Writes each segment as one JSON line to a file or stdout, in the same batches.
 pub struct LocalSink {
     out: Mutex<Box<dyn Write + Send>>,
+    destination: String,
 }
 
 impl LocalSink {
-    /// A sink writing to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// A sink writing to `out`, which the log calls `destination`.
+    pub fn new(out: Box<dyn Write + Send>, destination: &str) -> Self {
         LocalSink {
             out: Mutex::new(out),
+            destination: destination.to_string(),
         }
     }
 }
 
 impl Sink for LocalSink {
+    fn local_destination(&self) -> Option<&str> {
+        Some(&self.destination)
+    }
+
     fn deliver(&self, batch: &Batch, scratch: &mut Vec<u8>) -> Delivery {
         scratch.clear();
         for s in &batch.segments {
@@ -224,7 +236,7 @@ mod tests {
     #[test]
     fn local_sink_writes_one_line_per_segment() {
         let buf = Shared::default();
-        let sink = LocalSink::new(Box::new(buf.clone()));
+        let sink = LocalSink::new(Box::new(buf.clone()), "a buffer");
         let mut b = Batcher::new(2, Duration::from_secs(1));
         b.push(Segment::new(br#"{"a":1}"#), Instant::now());
         let batch = b
