@@ -6,19 +6,18 @@
 //! receiver under the same load instead: the machine's limit. A progress line per step and a table
 //! go to stderr, JSON to stdout.
 //!
-//! Pieces: [`segment`] (documents with a sequence number and send time), [`pace`] and [`sender`]
-//! (the load), [`fake`] (the X-Ray stand-in), [`process`] (the daemon's life), [`raw`],
-//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the daemon's
+//! Pieces: [`pace`] and [`sender`] (the load), [`process`] (the daemon's life), [`raw`],
+//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the test
+//! kit (`xrayd-kit`) it takes the X-Ray stand-in (`FastXray`), the benchmark documents with a
+//! sequence number and send time (`bench_segment`) and the child-process runner. From the daemon's
 //! library it takes only what it measures or must match: the `recvmmsg` receive path of `--raw`,
 //! the JSON string escaping, the version, and the flag and duration parsers of every xrayd command.
 
-pub mod fake;
 pub mod pace;
 pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod report;
-pub mod segment;
 pub mod sender;
 pub mod sys;
 
@@ -31,10 +30,11 @@ use std::time::{Duration, Instant};
 use xrayd::config::args::{self as cli, Flag};
 use xrayd::config::parse_duration;
 
-use fake::{FakeXray, Faults};
 use report::{Json, Row, obj};
-use segment::Template;
 use sender::{SendConfig, SendReport};
+use xrayd_kit::bench_segment::Template;
+use xrayd_kit::fast_xray::{FastXray, Faults};
+use xrayd_kit::pin_current_thread;
 
 /// Usage text of `xrayd-bench` (and `xrayd bench`).
 pub fn usage() -> &'static str {
@@ -469,7 +469,7 @@ fn default_daemon() -> Result<String, String> {
 pub fn run(o: &Options) -> Result<Json, String> {
     let template = Template::new(o.size)?;
     if !o.load_cpus.is_empty() {
-        sys::pin_current_thread(&o.load_cpus)
+        pin_current_thread(&o.load_cpus)
             .map_err(|e| format!("cannot pin to CPUs {:?}: {e}", o.load_cpus))?;
     }
     let daemon_template = match (&o.daemon_cmd, o.raw) {
@@ -479,7 +479,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
     };
     let fake = match daemon_template {
         Some(_) => Some(
-            FakeXray::start(o.fake_port, o.faults, o.load_cpus.clone())
+            FastXray::start(o.fake_port, o.faults, o.load_cpus.clone())
                 .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
         ),
         None => None,
@@ -757,7 +757,7 @@ fn send_load(
     std::thread::scope(|s| {
         s.spawn(|| {
             if !o.load_cpus.is_empty() {
-                let _ = sys::pin_current_thread(&o.load_cpus);
+                let _ = pin_current_thread(&o.load_cpus);
             }
             sender::send(target, template, &cfg, &stop)
         })
@@ -787,7 +787,7 @@ fn daemon_step(
     o: &Options,
     template: &Template,
     daemon_template: &str,
-    fake: &FakeXray,
+    fake: &FastXray,
     step_id: u16,
     rate: u64,
     log_dir: &std::path::Path,

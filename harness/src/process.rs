@@ -1,12 +1,14 @@
-//! Running the daemon under test: its command line from a template, start-up pinned to a core,
-//! waiting for its UDP socket, SIGTERM and the `Final counts:` line.
+//! Running the daemon under test: its command line from a template, started through the kit's
+//! process runner ([`Proc`]: pinned to the daemon's CPUs, output to a log file), waiting for its UDP
+//! socket, SIGTERM and the `Final counts:` line.
 
-use std::fs::File;
 use std::io;
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+use xrayd_kit::{Proc, SpawnOptions};
 
 use super::procfs;
 
@@ -39,16 +41,20 @@ pub fn command_line(template: &str, udp_port: u16, endpoint: &str) -> Vec<String
         .collect()
 }
 
-/// `key=value` pairs of the daemon's `Final counts:` line (xrayd), last one in the log.
+/// `key=value` pairs of the daemon's `Final counts:` line (xrayd), last one in the log, in the
+/// line's order (the kit reads the line).
 pub fn parse_final_counts(log: &str) -> Vec<(String, u64)> {
-    let Some(line) = log.lines().rev().find(|l| l.contains("Final counts:")) else {
+    let Some((line, counts)) = log
+        .lines()
+        .rev()
+        .find_map(|l| Some((l, xrayd_kit::parse_final_counts(l)?)))
+    else {
         return Vec::new();
     };
-    let rest = &line[line.find("Final counts:").unwrap_or(0) + "Final counts:".len()..];
-    rest.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
+    line.split_whitespace()
+        .filter_map(|word| {
+            let key = word.split_once('=')?.0;
+            Some((key.to_string(), *counts.get(key)?))
         })
         .collect()
 }
@@ -58,9 +64,9 @@ pub fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A running daemon.
+/// A running daemon (killed on drop).
 pub struct Daemon {
-    child: Child,
+    proc: Proc,
     /// Its process id.
     pub pid: u32,
     /// Where its stdout and stderr go.
@@ -68,18 +74,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `argv` with stdout and stderr in `log_path`, from a thread pinned to `cpus` so the
-    /// daemon and all its threads inherit the affinity (unpinned when `cpus` is empty).
+    /// Starts `argv` with stdout and stderr in `log_path`, pinned to `cpus` (with all its
+    /// threads; unpinned when `cpus` is empty).
     pub fn spawn(argv: &[String], cpus: &[usize], log_path: PathBuf) -> io::Result<Daemon> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty daemon command"))?;
-        let log = File::create(&log_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_REGION", "us-east-1")
@@ -87,20 +89,15 @@ impl Daemon {
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_XRAY")
             .env_remove("AWS_PROFILE");
-        let cpus = cpus.to_vec();
-        let child = std::thread::scope(|s| {
-            s.spawn(move || {
-                if !cpus.is_empty() {
-                    super::sys::pin_current_thread(&cpus)?;
-                }
-                cmd.spawn()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("spawning thread panicked")))
-        })?;
+        let how = SpawnOptions {
+            log_file: Some(log_path.clone()),
+            cpus: cpus.to_vec(),
+            ..SpawnOptions::default()
+        };
+        let proc = Proc::try_spawn(program, &mut cmd, &how)?;
         Ok(Daemon {
-            pid: child.id(),
-            child,
+            pid: proc.pid(),
+            proc,
             log_path,
         })
     }
@@ -113,7 +110,7 @@ impl Daemon {
             if procfs::udp_socket_drops(port).is_some() {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.proc.exited() {
                 return Err(format!(
                     "the daemon exited ({status}) before listening on UDP port {port}; its output:\n{}",
                     self.log_tail(20)
@@ -131,35 +128,19 @@ impl Daemon {
 
     /// Still running?
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proc.is_running()
     }
 
     /// The last `n` lines of its output.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines = self.proc.lines();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status (None if killed) and the log.
     pub fn stop(mut self, grace: Duration) -> (Option<ExitStatus>, String) {
-        let _ = super::sys::terminate(self.pid);
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        (status, log)
+        let status = self.proc.terminate(grace);
+        (status, self.proc.log())
     }
 }
 

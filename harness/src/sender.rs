@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::pace;
-use super::segment::{Template, format_epoch_us, make_id};
 use super::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendBatch};
+use xrayd_kit::bench_segment::{Template, format_epoch_us, make_id};
 
 /// What to send in one step.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ pub fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::{HEADER, find_sub, parse_hex16, split_id};
+    use xrayd_kit::bench_segment::{HEADER, find_sub, parse_hex16, split_id};
 
     fn receive_all(rx: &UdpSocket, n: usize, size: usize) -> Vec<(u16, u64)> {
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
