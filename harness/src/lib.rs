@@ -49,20 +49,34 @@ losing < 0.1 %). A progress line per step and a table go to stderr; JSON to stdo
 a fresh daemon.
 
 Load:
-  --rates LIST            segments/s per step, comma-separated; 0 = unpaced (default 10000,50000,100000,200000,300000)
+  --rates LIST            segments/s per step, comma-separated; 0 = unpaced
+                          (default 10000,50000,100000,200000,300000)
   --duration D            sending time per step (default 5s)
   --count N               send exactly N segments per step instead (at the step's rate)
   --size BYTES            datagram size, header included (default 1000)
-  --batch N               messages per sendmmsg call (default 64)
-  --gso                   send with UDP GSO (falls back to plain sendmmsg when unsupported)
+  --clients N             client sockets of the even load (default 16). The even load (the
+                          default) is what many SDK processes send: datagrams spread evenly over
+                          time, at most rate/4000 per send call, the calls going round-robin over
+                          the N sockets, each its own source port
+  --bursty                bursty load instead: one socket, a millisecond's worth of datagrams per
+                          sendmmsg call (at most --batch)
+  --batch N               messages per sendmmsg call of a bursty or unpaced load (default 64)
+  --gso                   bursty load sent with UDP GSO (falls back to plain sendmmsg when
+                          unsupported)
 
 Target:
   --daemon-cmd TEMPLATE   daemon command, split on spaces. Placeholders: {udp} (127.0.0.1:PORT),
-                          {udp_port}, {endpoint} (http://127.0.0.1:PORT), {endpoint_port}. Without
-                          {udp} it names an xrayd-compatible program and these are appended:
+                          {udp_port}, {tcp} (127.0.0.1:PORT, a free TCP port), {endpoint}
+                          (http://127.0.0.1:PORT of the fake X-Ray), {endpoint_port}, {config}
+                          (the path of a Version 2 cfg.yaml with that Endpoint, Region us-east-1,
+                          LocalMode and LogLevel error). Without {udp} it names an xrayd-compatible
+                          program and these are appended:
                           -b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoint {endpoint}
                           (default: the xrayd that ran `xrayd bench`, else the xrayd next to
-                          xrayd-bench, else xrayd on PATH)
+                          xrayd-bench, else xrayd on PATH). The AWS daemon, which takes its
+                          endpoint from its config file only, runs with --daemon-cmd
+                          'aws-xray-daemon -o -n us-east-1 -c {config} -b {udp} -t {tcp}'.
+                          Every daemon gets dummy AWS credentials in its environment.
   --raw                   no daemon: a do-nothing recvmmsg receiver thread with xrayd's socket
                           set-up (receive buffer, UDP GRO): the machine's limit
   --receive-buffer BYTES  SO_RCVBUF of the --raw receiver (default 4194304, as xrayd)
@@ -95,6 +109,8 @@ pub struct Options {
     pub count: Option<u64>,
     pub size: usize,
     pub batch: usize,
+    pub bursty: bool,
+    pub clients: usize,
     pub gso: bool,
     pub daemon_cmd: Option<String>,
     pub raw: bool,
@@ -118,6 +134,8 @@ impl Default for Options {
             count: None,
             size: 1000,
             batch: 64,
+            bursty: false,
+            clients: 16,
             gso: false,
             daemon_cmd: None,
             raw: false,
@@ -211,6 +229,8 @@ const FLAGS: &[Flag] = &[
     Flag::value("duration", "D", ""),
     Flag::value("count", "N", ""),
     Flag::value("size", "BYTES", ""),
+    Flag::value("clients", "N", ""),
+    Flag::switch("bursty", ""),
     Flag::value("batch", "N", ""),
     Flag::switch("gso", ""),
     Flag::value("daemon-cmd", "TEMPLATE", ""),
@@ -254,6 +274,8 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         let duration = |v: &str| parse_duration(v).map_err(|e| format!("--{name}: {e}"));
         match name {
             "gso" => o.gso = value == "true",
+            "bursty" => o.bursty = value == "true",
+            "clients" => o.clients = (num(&value)? as usize).clamp(1, 1024),
             "raw" => o.raw = value == "true",
             "pin" => pin = value == "true",
             "rates" => o.rates = parse_rates(&value)?,
@@ -413,6 +435,15 @@ impl Step {
     }
 }
 
+/// The load's shape, as the JSON report names it.
+fn load_name(o: &Options) -> &'static str {
+    match (o.gso, o.bursty) {
+        (true, _) => "gso",
+        (false, true) => "bursty",
+        (false, false) => "even",
+    }
+}
+
 fn target_label(o: &Options) -> String {
     if let Some(l) = &o.label {
         return l.clone();
@@ -541,6 +572,11 @@ pub fn run(o: &Options) -> Result<Json, String> {
                 ("size", (o.size as u64).into()),
                 ("duration_s", o.duration.as_secs_f64().into()),
                 ("count", o.count.into()),
+                ("load", load_name(o).into()),
+                (
+                    "clients",
+                    (if o.bursty || o.gso { 1 } else { o.clients } as u64).into(),
+                ),
                 ("batch", (o.batch as u64).into()),
                 ("gso_requested", o.gso.into()),
                 ("daemon_cpus", cpu_json(&o.daemon_cpus)),
@@ -750,6 +786,8 @@ fn send_load(
         duration: o.duration,
         count: o.count,
         batch: o.batch,
+        bursty: o.bursty,
+        clients: o.clients,
         gso: o.gso,
         step,
     };
@@ -794,7 +832,17 @@ fn daemon_step(
 ) -> Result<Step, String> {
     fake.begin_step(step_id);
     let port = process::free_udp_port().map_err(|e| format!("no free UDP port: {e}"))?;
-    let argv = process::command_line(daemon_template, port, &fake.endpoint());
+    let places = process::Placeholders {
+        udp_port: port,
+        tcp_port: process::free_tcp_port().map_err(|e| format!("no free TCP port: {e}"))?,
+        endpoint: fake.endpoint(),
+        config: log_dir.join(format!("step{step_id}-cfg.yaml")),
+    };
+    if process::wants_config(daemon_template) {
+        process::write_config(&places.config, &places.endpoint)
+            .map_err(|e| format!("cannot write {}: {e}", places.config.display()))?;
+    }
+    let argv = process::command_line(daemon_template, &places);
     let log_path = log_dir.join(format!("step{step_id}-{rate}.log"));
     let mut daemon = process::Daemon::spawn(&argv, &o.daemon_cpus, log_path)
         .map_err(|e| format!("cannot start {:?}: {e}", argv.join(" ")))?;
@@ -983,6 +1031,12 @@ mod tests {
         assert_eq!(o.rates, [10_000, 250_000]);
         assert_eq!(o.duration, Duration::from_secs(2));
         assert!(o.gso && !o.raw);
+        assert_eq!(load_name(&o), "gso");
+        let even = Options::default();
+        assert_eq!((load_name(&even), even.clients), ("even", 16));
+        let bursty = parse_args(&args("--bursty --clients 3")).unwrap().unwrap();
+        assert_eq!((load_name(&bursty), bursty.clients), ("bursty", 3));
+        assert!(parse_args(&args("--clients x")).is_err());
         assert_eq!(
             (o.daemon_cpus.clone(), o.load_cpus.clone()),
             (vec![1], vec![0])

@@ -3,8 +3,8 @@
 //! socket, SIGTERM and the `Final counts:` line.
 
 use std::io;
-use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -20,23 +20,58 @@ pub const DEFAULT_ARGS: &str = "-b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoi
 pub const ACCESS_KEY: &str = "AKIDBENCHMARK0000000";
 pub const SECRET_KEY: &str = "bench/Secret+0123456789EXAMPLEKEYxxxxxxxx";
 
-/// The daemon's argv for one run: `template` split on whitespace (no quoting), with `{udp}`
-/// (`127.0.0.1:PORT`), `{udp_port}`, `{endpoint}` (`http://127.0.0.1:PORT`) and `{endpoint_port}`
-/// replaced. A template without `{udp}` names an xrayd-compatible program (and extra arguments);
-/// [`DEFAULT_ARGS`] are appended to it.
-pub fn command_line(template: &str, udp_port: u16, endpoint: &str) -> Vec<String> {
+/// What the placeholders of a daemon command stand for in one step.
+#[derive(Debug, Clone)]
+pub struct Placeholders {
+    /// `{udp}` (`127.0.0.1:PORT`) and `{udp_port}`.
+    pub udp_port: u16,
+    /// `{tcp}` (`127.0.0.1:PORT`).
+    pub tcp_port: u16,
+    /// `{endpoint}` (`http://127.0.0.1:PORT`) and `{endpoint_port}`.
+    pub endpoint: String,
+    /// `{config}`: where [`write_config`] put the daemon's configuration file.
+    pub config: PathBuf,
+}
+
+/// Whether `template` asks for a configuration file (`{config}`).
+pub fn wants_config(template: &str) -> bool {
+    template.contains("{config}")
+}
+
+/// Writes a Version 2 X-Ray daemon configuration (`cfg.yaml`) for `endpoint` at `path`: what the
+/// AWS daemon needs to upload to the fake X-Ray (it has no endpoint flag). Its log level is
+/// `error`, so that neither daemon formats a line per batch in a benchmark.
+pub fn write_config(path: &Path, endpoint: &str) -> io::Result<()> {
+    let yaml = format!(
+        "# Written by xrayd bench for one run: the daemon uploads to the bench's fake X-Ray.\n\
+         Version: 2\n\
+         Endpoint: \"{endpoint}\"\n\
+         Region: \"us-east-1\"\n\
+         LocalMode: true\n\
+         Logging:\n  LogLevel: \"error\"\n"
+    );
+    std::fs::write(path, yaml)
+}
+
+/// The daemon's argv for one run: `template` split on whitespace (no quoting), with the
+/// [`Placeholders`] replaced. A template without `{udp}` names an xrayd-compatible program (and
+/// extra arguments); [`DEFAULT_ARGS`] are appended to it.
+pub fn command_line(template: &str, p: &Placeholders) -> Vec<String> {
     let full = if template.contains("{udp}") || template.contains("{udp_port}") {
         template.to_string()
     } else {
         format!("{template} {DEFAULT_ARGS}")
     };
-    let endpoint_port = endpoint.rsplit(':').next().unwrap_or_default();
+    let endpoint_port = p.endpoint.rsplit(':').next().unwrap_or_default();
+    let config = p.config.to_string_lossy();
     full.split_whitespace()
         .map(|w| {
-            w.replace("{udp}", &format!("127.0.0.1:{udp_port}"))
-                .replace("{udp_port}", &udp_port.to_string())
-                .replace("{endpoint}", endpoint)
+            w.replace("{udp}", &format!("127.0.0.1:{}", p.udp_port))
+                .replace("{udp_port}", &p.udp_port.to_string())
+                .replace("{tcp}", &format!("127.0.0.1:{}", p.tcp_port))
+                .replace("{endpoint}", &p.endpoint)
                 .replace("{endpoint_port}", endpoint_port)
+                .replace("{config}", &config)
         })
         .collect()
 }
@@ -62,6 +97,11 @@ pub fn parse_final_counts(log: &str) -> Vec<(String, u64)> {
 /// A free loopback UDP port (bound and released; another process could take it meanwhile).
 pub fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free loopback TCP port (bound and released, as [`free_udp_port`]).
+pub fn free_tcp_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A running daemon (killed on drop).
@@ -148,10 +188,19 @@ impl Daemon {
 mod tests {
     use super::*;
 
+    fn places(udp_port: u16, endpoint: &str) -> Placeholders {
+        Placeholders {
+            udp_port,
+            tcp_port: 2100,
+            endpoint: endpoint.to_string(),
+            config: PathBuf::from("/tmp/run/cfg.yaml"),
+        }
+    }
+
     #[test]
     fn templates_expand() {
         assert_eq!(
-            command_line("/bin/xrayd -l warn", 2000, "http://127.0.0.1:4566"),
+            command_line("/bin/xrayd -l warn", &places(2000, "http://127.0.0.1:4566")),
             [
                 "/bin/xrayd",
                 "-l",
@@ -170,8 +219,7 @@ mod tests {
         assert_eq!(
             command_line(
                 "taskset -c 1 xray -b {udp} -c cfg-{endpoint_port}.yaml -x {udp_port}",
-                2001,
-                "http://127.0.0.1:9"
+                &places(2001, "http://127.0.0.1:9")
             ),
             [
                 "taskset",
@@ -184,6 +232,34 @@ mod tests {
                 "cfg-9.yaml",
                 "-x",
                 "2001"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_aws_daemon_gets_a_config_file_and_a_tcp_address() {
+        let t = "aws-xray-daemon -o -n us-east-1 -c {config} -b {udp} -t {tcp}";
+        assert!(wants_config(t) && !wants_config("xrayd -b {udp}"));
+        assert_eq!(
+            command_line(t, &places(2002, "http://127.0.0.1:4566")).join(" "),
+            "aws-xray-daemon -o -n us-east-1 -c /tmp/run/cfg.yaml -b 127.0.0.1:2002 -t 127.0.0.1:2100"
+        );
+        let dir = std::env::temp_dir().join(format!("xrayd-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cfg.yaml");
+        write_config(&path, "http://127.0.0.1:4566").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "Version: 2",
+                "Endpoint: \"http://127.0.0.1:4566\"",
+                "Region: \"us-east-1\"",
+                "LocalMode: true",
+                "Logging:",
+                "  LogLevel: \"error\""
             ]
         );
     }
