@@ -215,42 +215,47 @@ mod tests {
     use super::*;
     use xrayd_kit::bench_segment::{HEADER, find_sub, parse_hex16, split_id};
 
-    fn receive_all(rx: &UdpSocket, n: usize, size: usize) -> Vec<(u16, u64)> {
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut out = Vec::new();
-        while out.len() < n {
-            let len = rx.recv(&mut buf).unwrap();
-            assert_eq!(len, size);
-            assert!(buf.starts_with(HEADER));
-            // The document is not escaped here: look the id up directly.
-            let doc = &buf[HEADER.len()..len];
-            let at = find_sub(doc, b"\"id\":\"").unwrap() + 6;
-            let id = parse_hex16(&doc[at..at + 16]).unwrap();
-            out.push(split_id(id));
-        }
-        out
-    }
-
-    fn run(gso: bool) {
+    /// Sends 300 datagrams of 500 bytes at 20k/s as `shape` configures, to a fresh socket;
+    /// returns the report and, in arrival order, each datagram's step, sequence number and source
+    /// port.
+    fn send_300(shape: impl FnOnce(&mut SendConfig)) -> (SendReport, Vec<(u16, u64, u16)>) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         xrayd::ingest::recvmmsg::set_receive_buffer(rx.as_raw_fd(), 4 << 20).unwrap();
         let t = Template::new(500).unwrap();
-        let cfg = SendConfig {
+        let mut cfg = SendConfig {
             rate: 20_000,
             duration: Duration::from_secs(10),
             count: Some(300),
             batch: 16,
             bursty: true,
             clients: 1,
-            gso,
+            gso: false,
             step: 9,
         };
+        shape(&mut cfg);
         let r = send(rx.local_addr().unwrap(), &t, &cfg, &AtomicBool::new(false)).unwrap();
         assert_eq!(r.sent, 300);
         // 300 datagrams at 20k/s take about 15 ms; allow for a slow machine but catch no pacing.
         assert!(r.elapsed >= Duration::from_millis(10), "{:?}", r.elapsed);
-        let got = receive_all(&rx, 300, 500);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut out = Vec::new();
+        while out.len() < 300 {
+            let (len, from) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(len, 500);
+            assert!(buf.starts_with(HEADER));
+            // The document is not escaped here: look the id up directly.
+            let doc = &buf[HEADER.len()..len];
+            let at = find_sub(doc, b"\"id\":\"").unwrap() + 6;
+            let (step, seq) = split_id(parse_hex16(&doc[at..at + 16]).unwrap());
+            out.push((step, seq, from.port()));
+        }
+        (r, out)
+    }
+
+    fn run(gso: bool) {
+        let (r, got) = send_300(|c| c.gso = gso);
+        let got: Vec<(u16, u64)> = got.iter().map(|&(step, seq, _)| (step, seq)).collect();
         let want: Vec<(u16, u64)> = (0..300).map(|s| (9, s)).collect();
         assert_eq!(got, want);
         if gso {
@@ -270,35 +275,16 @@ mod tests {
 
     #[test]
     fn even_load_spreads_small_calls_over_every_client_socket() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        xrayd::ingest::recvmmsg::set_receive_buffer(rx.as_raw_fd(), 4 << 20).unwrap();
-        let t = Template::new(500).unwrap();
-        let cfg = SendConfig {
-            rate: 20_000,
-            duration: Duration::from_secs(10),
-            count: Some(300),
-            batch: 64,
-            bursty: false,
-            clients: 4,
-            gso: false,
-            step: 3,
-        };
-        let r = send(rx.local_addr().unwrap(), &t, &cfg, &AtomicBool::new(false)).unwrap();
-        assert_eq!(r.sent, 300);
+        let (r, got) = send_300(|c| {
+            (c.bursty, c.clients, c.batch, c.step) = (false, 4, 64, 3);
+        });
         // At most 20,000 / 4,000 = 5 datagrams per call.
         assert_eq!(r.calls, 60, "{r:?}");
-        assert!(r.elapsed >= Duration::from_millis(10), "{:?}", r.elapsed);
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut ports = Vec::new();
-        for seq in 0..300u64 {
-            let (len, from) = rx.recv_from(&mut buf).unwrap();
-            let doc = &buf[HEADER.len()..len];
-            let at = find_sub(doc, b"\"id\":\"").unwrap() + 6;
-            assert_eq!(split_id(parse_hex16(&doc[at..at + 16]).unwrap()), (3, seq));
-            ports.push(from.port());
+        for (i, &(step, seq, _)) in got.iter().enumerate() {
+            assert_eq!((step, seq), (3, i as u64));
         }
         // Calls go round-robin: datagram i comes from client (i / 5) % 4.
+        let ports: Vec<u16> = got.iter().map(|&(_, _, port)| port).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), 4, "{distinct:?}");
         for (i, p) in ports.iter().enumerate() {
