@@ -92,6 +92,10 @@ Fake X-Ray faults:
   --fault-delay D         delay before every PutTraceSegments answer, e.g. 20ms
   --seed N                seed of the fault draws (default 1)
   --fake-port PORT        TCP port of the fake X-Ray (default: any free port)
+  --https                 the fake X-Ray serves HTTPS (TLS with a self-signed certificate made at
+                          start-up), so that a request costs its TLS as in production; the daemon
+                          is told not to verify the certificate: --no-verify-ssl is appended for
+                          xrayd-compatible programs, NoVerifySSL: true goes into {config}
 
 Timing:
   --idle D                wait after start-up before measuring idle RSS (default 1s)
@@ -120,6 +124,7 @@ pub struct Options {
     pub label: Option<String>,
     pub faults: Faults,
     pub fake_port: u16,
+    pub https: bool,
     pub idle: Duration,
     pub drain_idle: Duration,
     pub drain_timeout: Duration,
@@ -148,6 +153,7 @@ impl Default for Options {
                 ..Faults::default()
             },
             fake_port: 0,
+            https: false,
             idle: Duration::from_secs(1),
             drain_idle: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(60),
@@ -246,6 +252,7 @@ const FLAGS: &[Flag] = &[
     Flag::value("fault-delay", "D", ""),
     Flag::value("seed", "N", ""),
     Flag::value("fake-port", "PORT", ""),
+    Flag::switch("https", ""),
     Flag::value("idle", "D", ""),
     Flag::value("drain-idle", "D", ""),
     Flag::value("drain-timeout", "D", ""),
@@ -275,6 +282,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         match name {
             "gso" => o.gso = value == "true",
             "bursty" => o.bursty = value == "true",
+            "https" => o.https = value == "true",
             "clients" => o.clients = (num(&value)? as usize).clamp(1, 1024),
             "raw" => o.raw = value == "true",
             "pin" => pin = value == "true",
@@ -309,6 +317,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     }
     if o.raw && o.daemon_cmd.is_some() {
         return Err("--raw and --daemon-cmd exclude each other".into());
+    }
+    if o.raw && o.https {
+        return Err("--https needs a daemon: drop --raw".into());
     }
     if o.raw && o.faults.any() {
         return Err("faults need a daemon: drop --raw".into());
@@ -510,8 +521,12 @@ pub fn run(o: &Options) -> Result<Json, String> {
     };
     let fake = match daemon_template {
         Some(_) => Some(
-            FastXray::start(o.fake_port, o.faults, o.load_cpus.clone())
-                .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
+            if o.https {
+                FastXray::start_https(o.fake_port, o.faults, o.load_cpus.clone())
+            } else {
+                FastXray::start(o.fake_port, o.faults, o.load_cpus.clone())
+            }
+            .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
         ),
         None => None,
     };
@@ -592,6 +607,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
                         ("seed", o.faults.seed.into()),
                     ]),
                 ),
+                ("https", o.https.into()),
             ]),
         ),
         ("steps", Json::Arr(steps.iter().map(step_json).collect())),
@@ -837,9 +853,10 @@ fn daemon_step(
         tcp_port: process::free_tcp_port().map_err(|e| format!("no free TCP port: {e}"))?,
         endpoint: fake.endpoint(),
         config: log_dir.join(format!("step{step_id}-cfg.yaml")),
+        no_verify_ssl: o.https,
     };
     if process::wants_config(daemon_template) {
-        process::write_config(&places.config, &places.endpoint)
+        process::write_config(&places)
             .map_err(|e| format!("cannot write {}: {e}", places.config.display()))?;
     }
     let argv = process::command_line(daemon_template, &places);
@@ -1037,6 +1054,8 @@ mod tests {
         let bursty = parse_args(&args("--bursty --clients 3")).unwrap().unwrap();
         assert_eq!((load_name(&bursty), bursty.clients), ("bursty", 3));
         assert!(parse_args(&args("--clients x")).is_err());
+        assert!(parse_args(&args("--https")).unwrap().unwrap().https);
+        assert!(parse_args(&args("--raw --https")).is_err());
         assert_eq!(
             (o.daemon_cpus.clone(), o.load_cpus.clone()),
             (vec![1], vec![0])

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ pub struct Placeholders {
     pub endpoint: String,
     /// `{config}`: where [`write_config`] put the daemon's configuration file.
     pub config: PathBuf,
+    /// The fake X-Ray serves HTTPS with a self-signed certificate: the daemon is told not to
+    /// verify it (`--no-verify-ssl` appended with [`DEFAULT_ARGS`], `NoVerifySSL` in the file).
+    pub no_verify_ssl: bool,
 }
 
 /// Whether `template` asks for a configuration file (`{config}`).
@@ -38,11 +41,12 @@ pub fn wants_config(template: &str) -> bool {
     template.contains("{config}")
 }
 
-/// Writes a Version 2 X-Ray daemon configuration (`cfg.yaml`) for `endpoint` at `path`: what the
-/// AWS daemon needs to upload to the fake X-Ray (it has no endpoint flag). Its log level is
+/// Writes a Version 2 X-Ray daemon configuration (`cfg.yaml`) for the step at `p.config`: what
+/// the AWS daemon needs to upload to the fake X-Ray (it has no endpoint flag). Its log level is
 /// `error`, so that neither daemon formats a line per batch in a benchmark.
-pub fn write_config(path: &Path, endpoint: &str) -> io::Result<()> {
-    let yaml = format!(
+pub fn write_config(p: &Placeholders) -> io::Result<()> {
+    let endpoint = &p.endpoint;
+    let mut yaml = format!(
         "# Written by xrayd bench for one run: the daemon uploads to the bench's fake X-Ray.\n\
          Version: 2\n\
          Endpoint: \"{endpoint}\"\n\
@@ -50,7 +54,10 @@ pub fn write_config(path: &Path, endpoint: &str) -> io::Result<()> {
          LocalMode: true\n\
          Logging:\n  LogLevel: \"error\"\n"
     );
-    std::fs::write(path, yaml)
+    if p.no_verify_ssl {
+        yaml.push_str("NoVerifySSL: true\n");
+    }
+    std::fs::write(&p.config, yaml)
 }
 
 /// The daemon's argv for one run: `template` split on whitespace (no quoting), with the
@@ -59,6 +66,8 @@ pub fn write_config(path: &Path, endpoint: &str) -> io::Result<()> {
 pub fn command_line(template: &str, p: &Placeholders) -> Vec<String> {
     let full = if template.contains("{udp}") || template.contains("{udp_port}") {
         template.to_string()
+    } else if p.no_verify_ssl {
+        format!("{template} {DEFAULT_ARGS} --no-verify-ssl")
     } else {
         format!("{template} {DEFAULT_ARGS}")
     };
@@ -194,6 +203,7 @@ mod tests {
             tcp_port: 2100,
             endpoint: endpoint.to_string(),
             config: PathBuf::from("/tmp/run/cfg.yaml"),
+            no_verify_ssl: false,
         }
     }
 
@@ -246,10 +256,24 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("xrayd-bench-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cfg.yaml");
-        write_config(&path, "http://127.0.0.1:4566").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let mut p = places(2002, "http://127.0.0.1:4566");
+        p.config = dir.join("cfg.yaml");
+        write_config(&p).unwrap();
+        let text = std::fs::read_to_string(&p.config).unwrap();
+        p.no_verify_ssl = true;
+        p.endpoint = "https://127.0.0.1:4566".into();
+        write_config(&p).unwrap();
+        let https = std::fs::read_to_string(&p.config).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            https.contains("Endpoint: \"https://127.0.0.1:4566\"\n"),
+            "{https}"
+        );
+        assert!(https.ends_with("\nNoVerifySSL: true\n"), "{https}");
+        assert!(
+            command_line("xrayd", &p).ends_with(&["--no-verify-ssl".to_string()]),
+            "xrayd-compatible programs are told not to verify"
+        );
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             lines,

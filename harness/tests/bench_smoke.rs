@@ -259,4 +259,27 @@ fn bench_runs_the_aws_daemon_when_present() {
     );
     let json = run_harness_with(bench_args(&["--count", "500", "--daemon-cmd", &cmd]));
     assert_delivered_through_config(&json, "aws-xray-daemon");
+    // Over HTTPS: NoVerifySSL in the file lets it accept the fake's self-signed certificate.
+    let json = run_harness_with(bench_args(&[
+        "--count",
+        "500",
+        "--https",
+        "--daemon-cmd",
+        &cmd,
+    ]));
+    assert_delivered_through_config(&json, "aws-xray-daemon");
+}
+
+/// `--https`: the fake X-Ray serves TLS with a self-signed certificate, and xrayd (given
+/// `--no-verify-ssl` with the default arguments) delivers everything through it.
+#[test]
+fn bench_over_https_delivers_everything_once() {
+    let json = run_harness(bench_args(&["--count", "500", "--https"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(v["config"]["https"], true, "{json}");
+    let s = &v["steps"][0];
+    assert_eq!(s["offered"], 500, "{json}");
+    assert_eq!(s["delivered"], 500, "{json}");
+    assert_eq!(s["duplicates"], 0, "{json}");
+    assert!(s["requests"]["ok"].as_u64().unwrap() > 0, "{json}");
 }

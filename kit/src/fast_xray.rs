@@ -2,12 +2,16 @@
 //! keep-alive connection, pinned to given CPUs, on a fixed or free port) that accepts
 //! `PutTraceSegments` without checking signatures or keeping documents, counts distinct delivered
 //! sequence numbers of [`bench_segment`](crate::bench_segment) documents, duplicates and delivery
-//! latency, and injects faults (500, 429, unprocessed, delay) by fraction. It reads requests and
+//! latency, and injects faults (500, 429, unprocessed, delay) by fraction; over plain HTTP, or
+//! HTTPS with a self-signed certificate made at start-up (the daemon under test is told not to
+//! verify it: `NoVerifySSL`), so that a request costs its TLS too. It reads requests and
 //! writes answers with [`wire`](crate::wire), as the recording [`FakeXray`](crate::FakeXray) does;
 //! it is the one to use for hundreds of thousands of segments a second.
 
-use std::io::{self, BufReader};
+use std::cell::RefCell;
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -110,6 +114,7 @@ struct Shared {
     faults: Faults,
     cpus: Vec<usize>,
     streams: Mutex<Vec<TcpStream>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -129,6 +134,21 @@ impl FastXray {
     /// Listens on `127.0.0.1:port` (0 = any free port); connection threads pin themselves to
     /// `cpus` when it is not empty.
     pub fn start(port: u16, faults: Faults, cpus: Vec<usize>) -> io::Result<FastXray> {
+        Self::start_with(port, faults, cpus, None)
+    }
+
+    /// Like [`FastXray::start`], serving HTTPS with a self-signed certificate for `127.0.0.1`
+    /// and `localhost`, made now.
+    pub fn start_https(port: u16, faults: Faults, cpus: Vec<usize>) -> io::Result<FastXray> {
+        Self::start_with(port, faults, cpus, Some(self_signed_tls()?))
+    }
+
+    fn start_with(
+        port: u16,
+        faults: Faults,
+        cpus: Vec<usize>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<FastXray> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -137,6 +157,7 @@ impl FastXray {
             faults,
             cpus,
             streams: Mutex::new(Vec::new()),
+            tls,
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new()
@@ -149,9 +170,14 @@ impl FastXray {
         })
     }
 
-    /// The base URL to give the daemon.
+    /// The base URL to give the daemon (`https://` when serving HTTPS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Forgets everything and starts counting documents of `step`.
@@ -225,7 +251,25 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 if !s.cpus.is_empty() {
                     let _ = pin_current_thread(&s.cpus);
                 }
-                let _ = serve(stream, &s, Rng::new(seed));
+                let _ = stream.set_nodelay(true);
+                let rng = Rng::new(seed);
+                match &s.tls {
+                    None => {
+                        if let Ok(read_half) = stream.try_clone() {
+                            let _ = serve(read_half, stream, &s, rng);
+                        }
+                    }
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                            return;
+                        };
+                        let tls = Rc::new(RefCell::new(rustls::StreamOwned::new(conn, stream)));
+                        let _ = serve(Half(tls.clone()), Half(tls.clone()), &s, rng);
+                        let mut tls = tls.borrow_mut();
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                }
             });
     }
 }
@@ -249,10 +293,50 @@ impl Rng {
     }
 }
 
-fn serve(stream: TcpStream, shared: &Shared, mut rng: Rng) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::with_capacity(128 * 1024, stream.try_clone()?);
-    let mut writer = stream;
+/// A TLS server configuration (ring, TLS 1.2 and 1.3) with a certificate for `127.0.0.1` and
+/// `localhost` made now, signed by itself.
+fn self_signed_tls() -> io::Result<Arc<rustls::ServerConfig>> {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let cert = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(io::Error::other)?;
+    Ok(Arc::new(config))
+}
+
+/// One side of a stream that a connection thread both reads (through a buffer) and writes: a TLS
+/// stream, whose state the two sides share.
+struct Half<S>(Rc<RefCell<S>>);
+
+impl<S: Read> Read for Half<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl<S: Write> Write for Half<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// Answers the requests of one connection, read from `reader` and answered on `writer` (two
+/// handles of one TCP stream, or the two halves of a TLS stream) until it closes.
+fn serve(
+    reader: impl Read,
+    mut writer: impl Write,
+    shared: &Shared,
+    mut rng: Rng,
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(128 * 1024, reader);
     let mut req = HttpRequest::default();
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut body = String::with_capacity(4096);
@@ -302,7 +386,6 @@ fn serve(stream: TcpStream, shared: &Shared, mut rng: Rng) -> io::Result<()> {
             body.as_bytes(),
         )?;
         if close {
-            let _ = writer.shutdown(Shutdown::Write);
             return Ok(());
         }
     }
@@ -347,21 +430,24 @@ fn put_trace_segments(
         return (400, Some("InvalidRequestException"));
     }
     let draw = rng.unit();
-    if draw < f.p500 {
+    let refusal = if draw < f.p500 {
+        Some((500, "InternalFailure", "fake internal failure"))
+    } else if draw < f.p500 + f.p429 {
+        Some((429, "ThrottledException", "Rate exceeded"))
+    } else {
+        None
+    };
+    if let Some((status, error_type, message)) = refusal {
         let mut t = shared.lock();
-        t.t.requests_500 += 1;
+        if status == 500 {
+            t.t.requests_500 += 1;
+        } else {
+            t.t.requests_429 += 1;
+        }
         t.t.documents += n_docs;
         drop(t);
-        error_body(json, "InternalFailure", "fake internal failure");
-        return (500, Some("InternalFailure"));
-    }
-    if draw < f.p500 + f.p429 {
-        let mut t = shared.lock();
-        t.t.requests_429 += 1;
-        t.t.documents += n_docs;
-        drop(t);
-        error_body(json, "ThrottledException", "Rate exceeded");
-        return (429, Some("ThrottledException"));
+        error_body(json, error_type, message);
+        return (status, Some(error_type));
     }
     json.clear();
     json.push_str("{\"UnprocessedTraceSegments\":[");
