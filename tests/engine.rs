@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::daemon::{Daemon, scratch_dir};
 use support::udp::{HEADER, Pace, send_segments_paced};
 use support::{
-    Behaviour, FakeXray, SigCheck, make_segment, millis, secs, segment_index, send_raw,
+    Behaviour, FakeXray, SigCheck, make_segment, millis, poll_until, secs, segment_index, send_raw,
     send_segments,
 };
 
@@ -118,23 +118,6 @@ fn stop(d: &mut Daemon) -> HashMap<String, u64> {
     let counts = d.final_counts();
     assert_counts_add_up(&counts);
     counts
-}
-
-/// Wait until no document has been delivered for `quiet` (or `limit` passed).
-fn wait_until_quiet(fake: &FakeXray, quiet: Duration, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let mut last = fake.delivered_count();
-    let mut since = Instant::now();
-    while Instant::now() < deadline {
-        std::thread::sleep(millis(100));
-        let now = fake.delivered_count();
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            return;
-        }
-    }
 }
 
 fn now_secs() -> f64 {
@@ -260,10 +243,18 @@ fn idle_batch_is_flushed_after_one_second_not_before() {
     let fake = FakeXray::start();
     let mut d = Daemon::for_fake(&fake, &[], &[]);
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let sent = docs(0..3, 1000);
     let t0 = Instant::now();
     send_segments(addr, &sent);
-    std::thread::sleep(millis(300));
+    // All three are in the daemon now, and none may have gone out yet: the batch waits for more.
+    support::wait_for_sample(
+        tcp,
+        "xrayd_segments_received_total",
+        secs(10),
+        "3 segments received",
+        |n| n == 3,
+    );
     assert_eq!(
         fake.request_count(),
         0,
@@ -341,11 +332,19 @@ fn client_errors_are_not_retried_and_counted_as_rejected_by_xray() {
         &[],
     );
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let first = docs(0..10, 600);
     send_segments(addr, &first);
     assert!(fake.wait_for_answered(1, secs(15)), "{}", fake.summary());
-    // A retry would come within ~50-200 ms; give it ample time not to happen.
-    std::thread::sleep(millis(1500));
+    // Once the daemon has counted the batch as refused, it is done with it: a retry would have
+    // come instead.
+    support::wait_for_sample(
+        tcp,
+        "xrayd_segments_refused_total",
+        secs(15),
+        "the 10 segments counted as refused",
+        |n| n == 10,
+    );
     assert_eq!(
         fake.request_count(),
         1,
@@ -435,13 +434,36 @@ fn over_budget_the_oldest_segments_spill_over_and_the_newest_are_delivered() {
     let n = 3000u64;
     let size = 2000;
     let sent = docs(0..n, size);
+    let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     // Chunks of 100 datagrams (~0.4 MB of kernel buffer) 50 ms apart: ample
     // time for the daemon to drain its socket between chunks.
-    send_segments_paced(d.udp_addr(), &sent, Pace::CHUNKED);
-    // Let the daemon read the socket dry, then let X-Ray accept again.
-    std::thread::sleep(secs(2));
+    send_segments_paced(addr, &sent, Pace::CHUNKED);
+    // Let the daemon read the socket dry (every datagram received or dropped by the kernel),
+    // then let X-Ray accept again.
+    poll_until(
+        DELIVERY,
+        || {
+            format!(
+                "socket not read dry: {:?} of {n} received, {} dropped by the kernel",
+                support::sample(tcp, "xrayd_segments_received_total"),
+                support::udp::kernel_drops(addr)
+            )
+        },
+        || {
+            let received = support::sample(tcp, "xrayd_segments_received_total")?;
+            (received + support::udp::kernel_drops(addr) >= n).then_some(())
+        },
+    );
     fake.set_default(Behaviour::Ok);
-    wait_until_quiet(&fake, secs(4), DELIVERY);
+    // Everything that survived the budget is delivered once nothing is held any more.
+    support::wait_for_sample(
+        tcp,
+        "xrayd_buffered_segments",
+        DELIVERY,
+        "all held segments delivered",
+        |held| held == 0,
+    );
     let counts = stop(&mut d);
 
     let delivered = fake.delivered_documents();
@@ -582,9 +604,9 @@ fn sigterm_drains_the_queue_and_exits_zero() {
     let n = 1000u64;
     let sent = docs(0..n, 800);
     send_segments(d.udp_addr(), &sent);
-    // Uploads have started; most segments are still queued or in flight.
-    assert!(fake.wait_for_requests(1, secs(15)), "{}", fake.summary());
-    std::thread::sleep(millis(300));
+    // Uploads have started and the first one is answered; most segments are still queued or in
+    // flight.
+    assert!(fake.wait_for_answered(1, secs(15)), "{}", fake.summary());
     let delivered_at_signal = fake.delivered_count();
     let counts = stop(&mut d);
     // SIGTERM stops receiving, but what already sat in the socket buffer is taken
@@ -685,14 +707,17 @@ fn local_sink_writes_each_segment_as_one_json_line() {
     );
     let sent = docs(0..40, 900);
     send_segments(d.udp_addr(), &sent);
-    let deadline = Instant::now() + secs(15);
-    while Instant::now() < deadline {
-        let lines = std::fs::read_to_string(&out).unwrap_or_default();
-        if lines.lines().count() >= 40 {
-            break;
-        }
-        std::thread::sleep(millis(50));
-    }
+    let lines_in_sink = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    poll_until(
+        secs(15),
+        || format!("{} of 40 lines in {}", lines_in_sink(), out.display()),
+        || (lines_in_sink() >= 40).then_some(()),
+    );
     let counts = stop(&mut d);
     let text = std::fs::read_to_string(&out).expect("sink file");
     assert!(text.ends_with('\n'), "every line ends with a newline");
@@ -736,6 +761,7 @@ fn datagrams_coalesced_by_the_kernel_are_split_validated_and_delivered_one_by_on
         }
         assert_eq!(buf.len() % size, 0);
         tx.send_to(&buf, addr).unwrap();
+        // Pacing, not a wait: each send is twenty datagrams at once, spaced for a slow reader.
         std::thread::sleep(millis(5));
     }
     let delivered = fake.wait_for_documents(sent.len(), DELIVERY);

@@ -154,6 +154,7 @@ fn wait_delivered(fake: &FakeXray, n: usize, case: &str) {
 /// A TCP forwarder on a fixed loopback port, to make an endpoint refuse connections (stopped)
 /// and come back (started again on the same port) while the daemon keeps its endpoint URL.
 struct Forwarder {
+    port: u16,
     stop: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<JoinHandle<()>>,
@@ -167,43 +168,43 @@ impl Forwarder {
     }
 
     fn start(port: u16, target: SocketAddr) -> Forwarder {
-        let deadline = Instant::now() + secs(10);
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", port)) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("rebinding {port}: {e}");
-                    std::thread::sleep(millis(100));
-                }
-                Err(e) => panic!("cannot bind 127.0.0.1:{port} again: {e}"),
-            }
-        };
-        listener.set_nonblocking(true).expect("nonblocking");
+        // The port of a stopped forwarder can take a moment to be free again.
+        let listener = poll_until(
+            secs(10),
+            || {
+                format!(
+                    "cannot bind 127.0.0.1:{port} again: {:?}",
+                    TcpListener::bind(("127.0.0.1", port)).err()
+                )
+            },
+            || TcpListener::bind(("127.0.0.1", port)).ok(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (st, ss) = (stop.clone(), streams.clone());
         let accept = std::thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
-                        let Ok(server) = TcpStream::connect_timeout(&target, secs(5)) else {
-                            continue;
-                        };
-                        for s in [&client, &server] {
-                            if let Ok(s) = s.try_clone() {
-                                ss.lock().unwrap().push(s);
-                            }
+            // `shutdown` sets `stop`, then connects once to wake this blocking accept.
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(client) = client {
+                    let Ok(server) = TcpStream::connect_timeout(&target, secs(5)) else {
+                        continue;
+                    };
+                    for s in [&client, &server] {
+                        if let Ok(s) = s.try_clone() {
+                            ss.lock().unwrap().push(s);
                         }
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                        pipe(server, client);
                     }
-                    Err(_) => std::thread::sleep(millis(5)),
+                    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                    pipe(server, client);
                 }
             }
             // The listener is dropped here: new connections are refused.
         });
         Forwarder {
+            port,
             stop,
             streams,
             accept: Some(accept),
@@ -214,6 +215,8 @@ impl Forwarder {
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.accept.take() {
+            let _ =
+                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], self.port)), secs(5));
             let _ = h.join();
         }
         for s in self.streams.lock().unwrap().drain(..) {
@@ -314,17 +317,21 @@ fn slow_responses_past_upload_timeout() {
     let want = docs(0..100, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     // Every document reaches the service at least once.
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let got: HashSet<String> = fake.delivered_documents().into_iter().collect();
-        if want.iter().all(|w| got.contains(w)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{case}: {}", fake.summary());
-        std::thread::sleep(millis(100));
-    }
-    // Let the delayed answers finish before stopping.
-    std::thread::sleep(millis(4500));
+    poll_until(
+        DELIVERY,
+        || format!("{case}: {}", fake.summary()),
+        || {
+            let got: HashSet<String> = fake.delivered_documents().into_iter().collect();
+            want.iter().all(|w| got.contains(w)).then_some(())
+        },
+    );
+    // Let the delayed answers finish before stopping: every call made so far is answered.
+    let calls = fake.request_count();
+    assert!(
+        fake.wait_for_answered(calls, DELIVERY),
+        "{case}: {calls} calls not all answered: {}",
+        fake.summary()
+    );
     let counts = stop(&mut d);
     assert_eq!(c(&counts, "sent"), 100, "{counts:?}");
     assert!(c(&counts, "backend_timeout") >= 3, "{counts:?}");
@@ -360,10 +367,21 @@ fn partial_unprocessed() {
     fake.set_script(vec![Behaviour::Unprocessed(5), Behaviour::Unprocessed(3)]);
     let mut d = spawn_against(&fake, &[]);
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let want = docs(0..100, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     wait_delivered(&fake, 92, case);
-    std::thread::sleep(millis(1500));
+    // The daemon has read both answers: 92 counted as sent, the 8 returned as unprocessed.
+    support::wait_for_sample(tcp, "xrayd_segments_sent_total", secs(15), case, |n| {
+        n == 92
+    });
+    support::wait_for_sample(
+        tcp,
+        "xrayd_segments_unprocessed_total",
+        secs(15),
+        case,
+        |n| n == 8,
+    );
     let counts = stop(&mut d);
     let unprocessed_ids: HashSet<String> = fake
         .requests()
@@ -398,9 +416,20 @@ fn unknown_host_is_counted_and_dropped_at_shutdown() {
         &["--shutdown-timeout", "2s"],
     );
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let want = docs(0..60, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
-    std::thread::sleep(secs(3));
+    // All 60 taken, and a call failed on the name.
+    support::wait_for_sample(tcp, "xrayd_segments_received_total", secs(15), case, |n| {
+        n == 60
+    });
+    support::wait_for_sample(
+        tcp,
+        r#"xrayd_upload_errors_total{class="unknown_host"}"#,
+        secs(30),
+        case,
+        |n| n >= 1,
+    );
     let counts = stop(&mut d);
     assert_eq!(c(&counts, "received"), 60, "{counts:?}");
     assert_eq!(c(&counts, "sent"), 0, "{counts:?}");
@@ -415,14 +444,22 @@ fn unknown_host_is_counted_and_dropped_at_shutdown() {
 
 #[test]
 fn connection_refused_then_endpoint_appears() {
-    let case = "connection refused 3s, then up";
+    let case = "connection refused, then up";
     let fake = FakeXray::start();
     let port = Forwarder::closed_port();
     let mut d = spawn_for(&format!("http://127.0.0.1:{port}"), &[]);
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let want = docs(0..80, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
-    std::thread::sleep(secs(3));
+    // Calls are being refused.
+    support::wait_for_sample(
+        tcp,
+        r#"xrayd_upload_errors_total{class="connection_refused"}"#,
+        secs(30),
+        case,
+        |n| n >= 1,
+    );
     assert_eq!(fake.request_count(), 0);
     let _fwd = Forwarder::start(port, fake.addr());
     wait_delivered(&fake, want.len(), case);
@@ -467,6 +504,7 @@ fn outage_then_recovery() {
         send_segments_paced(addr, &batch, Pace::GENTLE);
         during.extend(batch);
         i += 10;
+        // Pacing, not a wait: the outage lasts a set time with traffic at a set rate.
         std::thread::sleep(millis(500));
     }
     let delivered_during = fake.delivered_count();
@@ -579,18 +617,6 @@ fn rss_kib(pid: u32) -> (u64, u64, u64) {
     (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
 }
 
-/// A gauge or counter of the daemon's `/metrics` (read on its TCP port).
-fn metric(tcp: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = TcpStream::connect_timeout(&tcp, secs(5)).ok()?;
-    s.set_read_timeout(Some(secs(10))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: xrayd\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// 60 KB segments (escape-heavy or plain) through an outage (503s, then recovery) or a slow X-Ray
 /// (2 s per call) with a budget of `budget_mib`: the daemon's peak RSS and its RSS once all is
 /// delivered stay within the budget plus 16 MiB.
@@ -614,14 +640,7 @@ fn memory_case(budget_mib: u64, escaped: bool, slow: bool) {
     let budget = budget_mib.to_string();
     let mut d = spawn_against(&fake, &["-m", &budget]);
     let addr = d.udp_addr();
-    let line = d
-        .wait_for_line("Starting proxy http server on ", secs(10))
-        .unwrap_or_else(|| panic!("{}", d.log()));
-    let tcp: SocketAddr = line
-        .rsplit("server on ")
-        .next()
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no proxy address in {line:?}"));
+    let tcp = d.tcp_addr();
     // A quarter more than the budget holds, at least two full batches.
     let n = (budget_mib * 1024 * 1024 * 5 / 4 / SIZE as u64).max(100);
     let want: Vec<String> = (0..n)
@@ -646,7 +665,7 @@ fn memory_case(budget_mib: u64, escaped: bool, slow: bool) {
     poll_until(
         secs(180),
         || format!("{case}: still buffered; fake: {}", fake.summary()),
-        || (metric(tcp, "xrayd_buffered_segments") == Some(0)).then_some(()),
+        || (support::sample(tcp, "xrayd_buffered_segments") == Some(0)).then_some(()),
     );
     let (peak, after, code) = rss_kib(d.pid());
     let counts = stop(&mut d);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use support::daemon::Daemon;
 use support::udp::{HEADER, Pace, datagram, send_segments_paced, sender_for};
-use support::{FakeXray, assert_conserved, make_segment, millis, secs, segment_index};
+use support::{FakeXray, assert_conserved, make_segment, millis, poll_until, secs, segment_index};
 
 /// A string the malformed datagrams carry; it must never show up in the log.
 const MARKER: &str = "ECHOED-BYTES-MARKER";
@@ -127,19 +127,33 @@ fn malformed_flood_with_valid_traffic() {
     let mut d = Daemon::for_fake_with_level(&fake, None, &["-m", "8"], &[]);
     let addr = d.udp_addr();
     let pid = d.pid();
-    std::thread::sleep(millis(500));
+    // Idle: started up in full (ingest running, credentials found), nothing received yet.
+    let tcp = d.tcp_addr();
+    poll_until(
+        secs(20),
+        || {
+            format!(
+                "not ready: xrayd_ready is {:?}",
+                support::sample(tcp, "xrayd_ready")
+            )
+        },
+        || (support::sample(tcp, "xrayd_ready") == Some(1)).then_some(()),
+    );
     let idle_kb = vm_rss_kb(pid).expect("VmRSS");
 
     // RSS sampler.
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(idle_kb));
+    let samples = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (done, peak) = (done.clone(), peak.clone());
+        let (done, peak, samples) = (done.clone(), peak.clone(), samples.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 if let Some(kb) = vm_rss_kb(pid) {
                     peak.fetch_max(kb, Ordering::SeqCst);
                 }
+                samples.fetch_add(1, Ordering::SeqCst);
+                // The sampling period, not a wait.
                 std::thread::sleep(millis(20));
             }
         })
@@ -165,7 +179,7 @@ fn malformed_flood_with_valid_traffic() {
                 total.bad_json += s.bad_json;
                 total.empty += s.empty;
                 round += 1;
-                // ~10 datagrams (~8 KB, every 10th round ~70 KB more) per round; the pause keeps
+                // Pacing, not a wait. ~10 datagrams (~8 KB, every 10th round ~70 KB more) per round; the pause keeps
                 // the kernel's receive buffer from overflowing on a slow debug build (a kernel
                 // drop would show as received < sent below).
                 std::thread::sleep(millis(2));
@@ -186,20 +200,27 @@ fn malformed_flood_with_valid_traffic() {
             pause: millis(150),
         },
     );
-    // Keep the flood going a little longer than the valid traffic.
-    std::thread::sleep(secs(2));
+    // Keep the flood going a little longer than the valid traffic: until all of it is delivered.
+    let delivered = fake.wait_for_documents(want.len(), secs(90));
     stop_bad.store(true, Ordering::SeqCst);
     let (sent_bad, rounds) = bad.join().expect("malformed sender");
     let flood_secs = started.elapsed().as_secs_f64();
 
     assert!(
-        fake.wait_for_documents(want.len(), secs(90)),
+        delivered,
         "valid documents: {} of {} delivered; {}",
         fake.delivered_count(),
         want.len(),
         fake.summary()
     );
-    std::thread::sleep(millis(500));
+    // The peak includes the process as it is once everything is delivered: a sample taken
+    // wholly after this point.
+    let seen = samples.load(Ordering::SeqCst);
+    poll_until(
+        secs(10),
+        || "the RSS sampler has stopped".to_string(),
+        || (samples.load(Ordering::SeqCst) >= seen + 2).then_some(()),
+    );
     done.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
     let peak_kb = peak.load(Ordering::SeqCst);

@@ -106,10 +106,25 @@ fn sigterm_during_outage_reports_what_it_dropped() {
     fake.set_default(Behaviour::service_unavailable());
     let mut d = Daemon::for_fake(&fake, &args(&["--shutdown-timeout", "2s"]), &[]);
     let addr = d.udp_addr();
+    let tcp = d.tcp_addr();
     let want = docs(0..200, 300);
     send_segments_paced(addr, &want, Pace::GENTLE);
     assert!(fake.wait_for_requests(2, secs(30)), "{}", fake.summary());
-    std::thread::sleep(secs(1));
+    // All 200 taken in, and two calls have failed in the daemon's eyes.
+    support::wait_for_sample(
+        tcp,
+        "xrayd_segments_received_total",
+        secs(30),
+        "all 200 received",
+        |n| n == 200,
+    );
+    support::wait_for_sample(
+        tcp,
+        r#"xrayd_upload_errors_total{class="http_5xx"}"#,
+        secs(30),
+        "two failed calls",
+        |n| n >= 2,
+    );
     // Deadline 2 s + the final telemetry call (at most 1 s once the deadline has passed) + slack.
     let took = term(&mut d, secs(6));
     let counts = d.final_counts();
@@ -123,8 +138,12 @@ fn sigterm_during_outage_reports_what_it_dropped() {
         .wait_for_line("Shutdown timeout of 2.0 seconds reached", secs(1))
         .unwrap_or_else(|| panic!("no shutdown-timeout warning:\n{}", d.log()));
     assert!(warning.contains("dropped 200 segments"), "{warning}");
+    // The expected warning, without its timestamp and level tag (a green run shows no `[Warn]`).
+    let message = warning
+        .split_once("] ")
+        .map_or(warning.as_str(), |(_, m)| m);
     println!(
-        "shutdown during outage: exited {:.1}s after SIGTERM; {warning}",
+        "shutdown during outage: exited {:.1}s after SIGTERM, as expected saying: {message}",
         took.as_secs_f64()
     );
 }
@@ -203,8 +222,13 @@ fn sigterm_with_upload_in_flight_past_deadline() {
     let (fake, mut d) = upload_in_flight_past_deadline();
     let took = term(&mut d, secs(6));
     let counts = d.final_counts();
-    // Give the fake time to record (or retract) its late answer.
-    std::thread::sleep(millis(2000));
+    // Let the fake record (or retract) its late answer: every call it took is answered.
+    let calls = fake.request_count();
+    assert!(
+        fake.wait_for_answered(calls, secs(10)),
+        "{}",
+        fake.summary()
+    );
     let delivered = fake.delivered_count() as u64;
     println!(
         "in flight at the deadline: exited after {:.1}s; sent={} dropped_at_shutdown={} segments_held={}; fake delivered {delivered}",

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod process;
 pub mod sigv4;
 pub mod skip;
+pub mod sso;
 pub mod tempdir;
 pub mod udp;
 pub mod wait;
@@ -35,7 +36,7 @@ pub use fake_xray::{
 };
 pub use fast_xray::FastXray;
 pub use http::{json_headers, one_shot};
-pub use metrics::{Exposition, parse_prometheus, scrape};
+pub use metrics::{Exposition, parse_prometheus, sample, scrape, wait_for_sample};
 pub use process::{Proc, Ran, SpawnOptions, pin_current_thread, run_to_end};
 pub use sigv4::{SigCheck, Verifier, WireRequest};
 pub use skip::{run_or_skip, skip};

@@ -1,9 +1,12 @@
-//! The daemon's `/metrics`: a strict parser of the Prometheus text format (0.0.4) and
-//! [`scrape`], which fetches and parses an exposition.
+//! The daemon's `/metrics`: a strict parser of the Prometheus text format (0.0.4),
+//! [`scrape`], which fetches and parses an exposition, and [`sample`] / [`wait_for_sample`] for
+//! tests that wait on one counter.
 
-use super::http::one_shot;
+use super::http::{Client, one_shot};
+use super::wait::poll_until;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// One sample of a Prometheus text exposition.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +252,35 @@ pub fn scrape(addr: SocketAddr) -> Exposition {
         r.headers
     );
     parse_prometheus(&r.text()).unwrap_or_else(|e| panic!("{e}\n{}", r.text()))
+}
+
+/// One sample of `/metrics` at `tcp`, by its full name (labels included, as exposed, e.g.
+/// `xrayd_upload_errors_total{class="http_5xx"}`); `None` while the port does not answer or the
+/// sample is missing. Lenient on purpose: it is polled while the daemon starts and stops.
+pub fn sample(tcp: SocketAddr, name: &str) -> Option<u64> {
+    let mut client = Client::connect(tcp).ok()?;
+    let text = client
+        .request("GET", "/metrics", &[("Host".into(), "xrayd".into())], b"")
+        .ok()?
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the sample `name` satisfies `ok` and returns it; after `timeout`, panics saying
+/// `what` was expected and the last value seen.
+pub fn wait_for_sample(
+    tcp: SocketAddr,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(u64) -> bool,
+) -> u64 {
+    poll_until(
+        timeout,
+        || format!("{what}: {name} is {:?}", sample(tcp, name)),
+        || sample(tcp, name).filter(|v| ok(*v)),
+    )
 }
 
 #[cfg(test)]

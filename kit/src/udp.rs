@@ -192,3 +192,23 @@ pub fn segment_index(doc: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(doc).ok()?;
     u64::from_str_radix(v.get("id")?.as_str()?, 16).ok()
 }
+
+/// Datagrams the kernel dropped on the UDP socket bound to `addr` for want of buffer space (the
+/// `drops` column of /proc/net/udp).
+pub fn kernel_drops(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}

@@ -4,8 +4,9 @@
 //! Order (the first source that is *configured* wins; which one is decided once, at start-up):
 //! 1. environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`);
 //! 2. shared config / credentials files, profile `AWS_PROFILE` or `default` (static keys,
-//!    `credential_process`, `role_arn` + `web_identity_token_file`, `role_arn` +
-//!    `source_profile` / `credential_source` chains);
+//!    `credential_process`, `role_arn` + `web_identity_token_file`, IAM Identity Center (SSO)
+//!    `sso_session` / legacy `sso_start_url` profiles, `role_arn` + `source_profile` /
+//!    `credential_source` chains);
 //! 3. web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, IRSA);
 //! 4. the container endpoint (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` / `_FULL_URI`);
 //! 5. EC2 instance metadata (IMDSv2), unless `AWS_EC2_METADATA_DISABLED=true`.
@@ -27,6 +28,7 @@ use super::fetch::{FetchCredentials, StaticFetch};
 use super::imds::{self, ImdsClient, ImdsFetch};
 use super::process::{self, ProcessFetch};
 use super::profile::{self, BaseSource, NamedSource, ProfilePlan, ProfileSet};
+use super::sso::SsoFetch;
 use super::sts::{AssumeRoleFetch, RoleSpec, SESSION_NAME, StsClient, WebIdentityFetch};
 
 pub const ENV_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
@@ -41,7 +43,7 @@ pub const ENV_ROLE_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
 pub struct ChainOptions {
     /// Where `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` is resolved (`http://169.254.170.2`).
     pub container_base: String,
-    /// Whole-call timeout of STS calls.
+    /// Whole-call timeout of STS calls (and of the SSO portal and OIDC calls).
     pub sts_timeout: Duration,
     /// Timeout of each IMDS call.
     pub imds_timeout: Duration,
@@ -318,8 +320,17 @@ fn from_plan(
     opts: &ChainOptions,
     sts: &mut StsFactory<'_>,
 ) -> Result<Picked, CredentialsError> {
-    let desc = plan.describe();
+    let mut desc = plan.describe();
     let base: Box<dyn FetchCredentials> = match &plan.base {
+        BaseSource::Sso(spec) => {
+            let f = SsoFetch::new(spec, env, opts.sts_timeout, sts.proxy)?;
+            desc = format!(
+                "{desc} (token cache {}, portal {})",
+                f.cache_path().display(),
+                f.portal_url()
+            );
+            Box::new(f)
+        }
         BaseSource::Static(c) if plan.chain.is_empty() => {
             return Ok(Picked::Static(c.clone(), "profile", desc));
         }

@@ -6,6 +6,9 @@
 //! X-Ray: `--endpoint` / config `Endpoint` → `AWS_ENDPOINT_URL_XRAY` → `AWS_ENDPOINT_URL` → built from
 //! the region and its partition, honouring `AWS_USE_FIPS_ENDPOINT` and `AWS_USE_DUALSTACK_ENDPOINT`.
 //! STS: `AWS_ENDPOINT_URL_STS` → `AWS_ENDPOINT_URL` → the regional STS endpoint (same flags).
+//! IAM Identity Center (SSO profiles): the portal `AWS_ENDPOINT_URL_SSO` → `AWS_ENDPOINT_URL` →
+//! `https://portal.sso.{region}.{suffix}`, and OIDC `AWS_ENDPOINT_URL_SSO_OIDC` →
+//! `AWS_ENDPOINT_URL` → `https://oidc.{region}.{suffix}` (no FIPS or dual-stack variants).
 //!
 //! Empty (or all-blank) values count as unset. Override URLs are validated (http/https, a host, no
 //! query, fragment or user info) and returned without a trailing slash. FIPS and dual-stack flags
@@ -104,6 +107,10 @@ pub const SOURCE_FLAG_OR_CONFIG: &str = "--endpoint";
 pub const SOURCE_ENV_XRAY: &str = "AWS_ENDPOINT_URL_XRAY";
 /// `ResolvedEndpoint::source` (and env variable) for the STS specific override.
 pub const SOURCE_ENV_STS: &str = "AWS_ENDPOINT_URL_STS";
+/// `ResolvedEndpoint::source` (and env variable) for the IAM Identity Center portal override.
+pub const SOURCE_ENV_SSO: &str = "AWS_ENDPOINT_URL_SSO";
+/// `ResolvedEndpoint::source` (and env variable) for the IAM Identity Center OIDC override.
+pub const SOURCE_ENV_SSO_OIDC: &str = "AWS_ENDPOINT_URL_SSO_OIDC";
 /// `ResolvedEndpoint::source` (and env variable) for the all-services override.
 pub const SOURCE_ENV_ALL: &str = "AWS_ENDPOINT_URL";
 /// `ResolvedEndpoint::source` when the URL was built from the region and its partition.
@@ -372,6 +379,50 @@ pub fn resolve_sts_endpoint(
     region: &str,
 ) -> Result<ResolvedEndpoint, EndpointError> {
     resolve_from_env("sts", SOURCE_ENV_STS, env, region)
+}
+
+/// Resolve the IAM Identity Center portal base URL (`GetRoleCredentials`) for `sso_region`:
+/// `AWS_ENDPOINT_URL_SSO` → `AWS_ENDPOINT_URL` → `https://portal.sso.{region}.{suffix}`.
+///
+/// # Errors
+/// An override is not a valid URL, or no override is set and the region is malformed.
+pub fn resolve_sso_portal_endpoint(
+    env: &dyn Fn(&str) -> Option<String>,
+    region: &str,
+) -> Result<ResolvedEndpoint, EndpointError> {
+    resolve_sso_like(SOURCE_ENV_SSO, "portal.sso", env, region)
+}
+
+/// Resolve the IAM Identity Center OIDC base URL (`CreateToken`) for `sso_region`:
+/// `AWS_ENDPOINT_URL_SSO_OIDC` → `AWS_ENDPOINT_URL` → `https://oidc.{region}.{suffix}`.
+///
+/// # Errors
+/// As [`resolve_sso_portal_endpoint`].
+pub fn resolve_sso_oidc_endpoint(
+    env: &dyn Fn(&str) -> Option<String>,
+    region: &str,
+) -> Result<ResolvedEndpoint, EndpointError> {
+    resolve_sso_like(SOURCE_ENV_SSO_OIDC, "oidc", env, region)
+}
+
+/// The SSO hosts carry a dotted prefix (`portal.sso`), which [`service_endpoint`] does not build.
+fn resolve_sso_like(
+    service_var: &'static str,
+    host_prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    region: &str,
+) -> Result<ResolvedEndpoint, EndpointError> {
+    for var in [service_var, SOURCE_ENV_ALL] {
+        if let Some(value) = env(var).filter(|v| !v.trim().is_empty()) {
+            return override_endpoint(var, &value);
+        }
+    }
+    validate_region(region)?;
+    let suffix = Partition::for_region(region).dns_suffix;
+    Ok(ResolvedEndpoint {
+        url: format!("https://{host_prefix}.{region}.{suffix}"),
+        source: SOURCE_REGION,
+    })
 }
 
 /// The shared tail of both resolvers: service override, global override, then the built endpoint.
@@ -1430,5 +1481,35 @@ mod tests {
                 assert_eq!(url, format!("https://xray.{s}.{}", p.dns_suffix));
             }
         }
+    }
+
+    #[test]
+    fn sso_portal_and_oidc_endpoints() {
+        let none = env_of(&[]);
+        let e = resolve_sso_portal_endpoint(&none, "eu-west-1").unwrap();
+        assert_eq!(e.url, "https://portal.sso.eu-west-1.amazonaws.com");
+        assert_eq!(e.source, SOURCE_REGION);
+        let e = resolve_sso_oidc_endpoint(&none, "cn-north-1").unwrap();
+        assert_eq!(e.url, "https://oidc.cn-north-1.amazonaws.com.cn");
+        let all = env_of(&[(SOURCE_ENV_ALL, "http://127.0.0.1:4566/")]);
+        let e = resolve_sso_portal_endpoint(&all, "eu-west-1").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.source),
+            ("http://127.0.0.1:4566", SOURCE_ENV_ALL)
+        );
+        let both = env_of(&[
+            (SOURCE_ENV_ALL, "http://127.0.0.1:1"),
+            (SOURCE_ENV_SSO, "http://127.0.0.1:2"),
+            (SOURCE_ENV_SSO_OIDC, "http://127.0.0.1:3"),
+        ]);
+        assert_eq!(
+            resolve_sso_portal_endpoint(&both, "x").unwrap().url,
+            "http://127.0.0.1:2"
+        );
+        assert_eq!(
+            resolve_sso_oidc_endpoint(&both, "x").unwrap().url,
+            "http://127.0.0.1:3"
+        );
+        assert!(resolve_sso_portal_endpoint(&none, "eu-west-1.evil.example/").is_err());
     }
 }

@@ -17,4 +17,6 @@ pub mod profile;
 pub mod region;
 pub mod signed;
 pub mod sigv4;
+pub mod sso;
+pub mod sso_cache;
 pub mod sts;

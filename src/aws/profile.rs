@@ -1,13 +1,16 @@
 //! Shared config and credentials files (`~/.aws/config`, `~/.aws/credentials`), read the way the
 //! AWS SDKs read them, and the credentials plan of a profile: static keys, `credential_process`,
-//! `role_arn` + `web_identity_token_file`, and `role_arn` + `source_profile` /
-//! `credential_source` assume-role chains.
+//! `role_arn` + `web_identity_token_file`, IAM Identity Center (SSO) settings in either form
+//! (`sso_session` naming an `[sso-session NAME]` section, or the legacy `sso_start_url` /
+//! `sso_region` in the profile), and `role_arn` + `source_profile` / `credential_source`
+//! assume-role chains.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::credentials::{Credentials, CredentialsError};
+use super::sso::SsoSpec;
 use super::sts::{RoleSpec, SESSION_NAME};
 
 pub const ENV_PROFILE: &str = "AWS_PROFILE";
@@ -21,6 +24,8 @@ pub type Properties = HashMap<String, String>;
 #[derive(Default)]
 pub struct ProfileSet {
     profiles: HashMap<String, Properties>,
+    /// `[sso-session NAME]` sections of the config file, by name.
+    sso_sessions: HashMap<String, Properties>,
     /// The files as looked at, for messages.
     pub config_path: Option<PathBuf>,
     pub credentials_path: Option<PathBuf>,
@@ -32,6 +37,7 @@ impl fmt::Debug for ProfileSet {
         names.sort();
         f.debug_struct("ProfileSet")
             .field("profiles", &names)
+            .field("sso_sessions", &self.sso_sessions.len())
             .field("config_path", &self.config_path)
             .field("credentials_path", &self.credentials_path)
             .finish()
@@ -124,14 +130,20 @@ pub fn parse_ini(text: &str) -> Vec<(String, Properties)> {
 
 impl ProfileSet {
     /// Parses the two texts. Config sections are `[default]` and `[profile NAME]` (which wins over
-    /// a plain `[default]`); other config sections (`[sso-session]`, `[services]`, bare names) are
+    /// a plain `[default]`), and `[sso-session NAME]` (kept apart, see
+    /// [`ProfileSet::sso_session`]); other config sections (`[services]`, bare names) are
     /// ignored. Credentials sections are `[NAME]`.
     pub fn parse(config: &str, credentials: &str) -> ProfileSet {
         let mut profiles: HashMap<String, Properties> = HashMap::new();
+        let mut sso_sessions: HashMap<String, Properties> = HashMap::new();
         let mut from_profile_default = false;
         for (section, props) in parse_ini(config) {
             let mut words = section.split_whitespace();
             let name = match (words.next(), words.next(), words.next()) {
+                (Some("sso-session"), Some(n), None) => {
+                    sso_sessions.entry(n.to_string()).or_default().extend(props);
+                    continue;
+                }
                 (Some("default"), None, _) => {
                     if from_profile_default {
                         continue;
@@ -163,6 +175,7 @@ impl ProfileSet {
         }
         ProfileSet {
             profiles,
+            sso_sessions,
             config_path: None,
             credentials_path: None,
         }
@@ -205,6 +218,19 @@ impl ProfileSet {
             .filter(|v| !v.is_empty())
     }
 
+    /// An `[sso-session NAME]` section's properties.
+    pub fn sso_session(&self, name: &str) -> Option<&Properties> {
+        self.sso_sessions.get(name)
+    }
+
+    /// A non-empty property of an `[sso-session NAME]` section.
+    pub fn sso_session_value(&self, name: &str, key: &str) -> Option<&str> {
+        self.sso_session(name)?
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
     /// Where the profiles were read from, for messages.
     pub fn files(&self) -> String {
         let shown = |p: &Option<PathBuf>| {
@@ -242,6 +268,8 @@ pub enum BaseSource {
     Process(ProcessCommand),
     /// `credential_source`.
     Named(NamedSource),
+    /// IAM Identity Center (SSO): `sso_session` + `[sso-session]`, or the legacy settings.
+    Sso(SsoSpec),
 }
 
 /// A `credential_process` command line; Debug shows only the program.
@@ -288,6 +316,7 @@ impl ProfilePlan {
                 super::process::program_name(&cmd.0)
             ),
             BaseSource::Named(n) => format!("credential_source {n:?}"),
+            BaseSource::Sso(spec) => spec.describe(),
         };
         let base = if self.base_profile == self.profile {
             base
@@ -316,6 +345,7 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "sso_session",
     "sso_start_url",
     "sso_account_id",
+    "sso_role_name",
 ];
 
 fn err<T>(msg: String) -> Result<T, CredentialsError> {
@@ -348,15 +378,8 @@ fn base_of(set: &ProfileSet, name: &str) -> Result<BaseSource, CredentialsError>
             "profile `{name}` has web_identity_token_file but no role_arn; add the role to assume"
         ));
     }
-    if ["sso_session", "sso_start_url", "sso_account_id"]
-        .iter()
-        .any(|k| set.value(name, k).is_some())
-    {
-        return err(format!(
-            "profile `{name}` uses AWS IAM Identity Center (SSO), which xrayd does not support; \
-             use another source, e.g. `aws configure export-credentials --profile {name} --format process` \
-             as a credential_process"
-        ));
+    if SSO_KEYS.iter().any(|k| set.value(name, k).is_some()) {
+        return sso_spec(set, name).map(BaseSource::Sso);
     }
     if let Some(cmd) = set.value(name, "credential_process") {
         return Ok(BaseSource::Process(ProcessCommand(cmd.to_string())));
@@ -367,6 +390,91 @@ fn base_of(set: &ProfileSet, name: &str) -> Result<BaseSource, CredentialsError>
             "profile `{name}` has no credentials (no aws_access_key_id, credential_process, role_arn \
              or credential_source) in {}",
             set.files()
+        )),
+    }
+}
+
+/// Settings that make a profile an SSO profile.
+const SSO_KEYS: &[&str] = &[
+    "sso_session",
+    "sso_start_url",
+    "sso_account_id",
+    "sso_role_name",
+];
+
+/// The SSO settings of profile `name`, checked as aws-sdk-go-v2's shared config checks them: the
+/// `sso_session` form needs `sso_account_id` and `sso_role_name` in the profile and an
+/// `[sso-session NAME]` section with `sso_start_url` and `sso_region` (a profile that repeats
+/// either must agree with the session); the legacy form needs all four in the profile.
+pub fn sso_spec(set: &ProfileSet, name: &str) -> Result<SsoSpec, CredentialsError> {
+    let own = |k: &str| set.value(name, k).map(str::to_string);
+    let mut missing: Vec<&str> = Vec::new();
+    let (session, start_url, region) = match own("sso_session") {
+        Some(session) => {
+            if set.sso_session(&session).is_none() {
+                return err(format!(
+                    "profile `{name}` names sso_session `{session}`, but there is no \
+                     [sso-session {session}] section in {}",
+                    set.config_path
+                        .as_ref()
+                        .map_or("the config file".to_string(), |p| p.display().to_string())
+                ));
+            }
+            let from_session = |k: &str| set.sso_session_value(&session, k).map(str::to_string);
+            let (url, region) = (from_session("sso_start_url"), from_session("sso_region"));
+            for (key, theirs) in [("sso_start_url", &url), ("sso_region", &region)] {
+                match (own(key), theirs) {
+                    (Some(mine), Some(theirs)) if mine != *theirs => {
+                        return err(format!(
+                            "profile `{name}` sets {key} {mine:?}, which differs from {theirs:?} \
+                             in [sso-session {session}]; remove it from the profile"
+                        ));
+                    }
+                    (_, None) => missing.push(if key == "sso_region" {
+                        "sso_region (in the sso-session)"
+                    } else {
+                        "sso_start_url (in the sso-session)"
+                    }),
+                    _ => {}
+                }
+            }
+            (Some(session), url, region)
+        }
+        None => {
+            let (url, region) = (own("sso_start_url"), own("sso_region"));
+            if url.is_none() {
+                missing.push("sso_start_url");
+            }
+            if region.is_none() {
+                missing.push("sso_region");
+            }
+            (None, url, region)
+        }
+    };
+    let account_id = own("sso_account_id");
+    let role_name = own("sso_role_name");
+    if account_id.is_none() {
+        missing.push("sso_account_id");
+    }
+    if role_name.is_none() {
+        missing.push("sso_role_name");
+    }
+    match (start_url, region, account_id, role_name) {
+        (Some(start_url), Some(region), Some(account_id), Some(role_name))
+            if missing.is_empty() =>
+        {
+            Ok(SsoSpec {
+                profile: name.to_string(),
+                session,
+                start_url,
+                region,
+                account_id,
+                role_name,
+            })
+        }
+        _ => err(format!(
+            "profile `{name}` uses IAM Identity Center (SSO) but lacks {}",
+            missing.join(", ")
         )),
     }
 }
@@ -558,9 +666,82 @@ mod tests {
         assert!(plan(&set, "both").unwrap_err().0.contains("both"));
         assert!(plan(&set, "none").unwrap_err().0.contains("neither"));
         assert!(plan(&set, "missing").unwrap_err().0.contains("`nope`"));
-        assert!(plan(&set, "sso").unwrap_err().0.contains("SSO"));
+        assert!(
+            plan(&set, "sso")
+                .unwrap_err()
+                .0
+                .contains("no [sso-session s] section")
+        );
         assert!(plan(&set, "regiononly").unwrap().is_none());
         assert!(plan(&set, "undefined").unwrap().is_none());
+    }
+
+    #[test]
+    fn sso_profiles_in_both_forms() {
+        let set = ProfileSet::parse(
+            "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\nsso_role_name = Writer\nregion = us-east-1\n\
+             [sso-session corp]\nsso_start_url = https://d-1.awsapps.com/start\nsso_region = eu-west-1\nsso_registration_scopes = sso:account:access\n\
+             [profile legacy]\nsso_start_url = https://d-2.awsapps.com/start\nsso_region = us-west-2\nsso_account_id = 444455556666\nsso_role_name = Reader\n\
+             [profile agrees]\nsso_session = corp\nsso_region = eu-west-1\nsso_account_id = 1\nsso_role_name = R\n\
+             [profile differs]\nsso_session = corp\nsso_region = us-east-1\nsso_account_id = 1\nsso_role_name = R\n\
+             [profile norole]\nsso_session = corp\nsso_account_id = 1\n\
+             [profile halflegacy]\nsso_start_url = https://d-2.awsapps.com/start\nsso_role_name = R\n\
+             [profile nosession]\nsso_session = nope\nsso_account_id = 1\nsso_role_name = R\n\
+             [sso-session bare]\nsso_start_url = https://d-3.awsapps.com/start\n\
+             [profile bare]\nsso_session = bare\nsso_account_id = 1\nsso_role_name = R\n\
+             [profile chained]\nrole_arn = arn:aws:iam::1:role/up\nsource_profile = dev\n",
+            "",
+        );
+        let p = plan(&set, "dev").unwrap().unwrap();
+        let BaseSource::Sso(spec) = &p.base else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            spec,
+            &SsoSpec {
+                profile: "dev".into(),
+                session: Some("corp".into()),
+                start_url: "https://d-1.awsapps.com/start".into(),
+                region: "eu-west-1".into(),
+                account_id: "111122223333".into(),
+                role_name: "Writer".into(),
+            }
+        );
+        assert!(
+            p.describe().contains("role Writer in account 111122223333"),
+            "{}",
+            p.describe()
+        );
+
+        let p = plan(&set, "legacy").unwrap().unwrap();
+        let BaseSource::Sso(spec) = &p.base else {
+            panic!("{p:?}")
+        };
+        assert_eq!(spec.session, None);
+        assert_eq!(spec.start_url, "https://d-2.awsapps.com/start");
+        assert_eq!(spec.region, "us-west-2");
+
+        assert!(matches!(
+            plan(&set, "agrees").unwrap().unwrap().base,
+            BaseSource::Sso(_)
+        ));
+        let e = plan(&set, "differs").unwrap_err().0;
+        assert!(e.contains("sso_region") && e.contains("differs"), "{e}");
+        let e = plan(&set, "norole").unwrap_err().0;
+        assert!(e.ends_with("lacks sso_role_name"), "{e}");
+        let e = plan(&set, "halflegacy").unwrap_err().0;
+        assert!(e.ends_with("lacks sso_region, sso_account_id"), "{e}");
+        let e = plan(&set, "nosession").unwrap_err().0;
+        assert!(e.contains("no [sso-session nope] section"), "{e}");
+        let e = plan(&set, "bare").unwrap_err().0;
+        assert!(e.ends_with("lacks sso_region (in the sso-session)"), "{e}");
+
+        // An SSO profile as the source of an assume-role chain.
+        let p = plan(&set, "chained").unwrap().unwrap();
+        assert_eq!(p.base_profile, "dev");
+        assert!(matches!(&p.base, BaseSource::Sso(s) if s.profile == "dev"));
+        assert_eq!(p.chain.len(), 1);
+        assert!(set.get("corp").is_none() && set.get("sso-session corp").is_none());
     }
 
     #[test]
