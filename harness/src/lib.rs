@@ -6,19 +6,18 @@
 //! receiver under the same load instead: the machine's limit. A progress line per step and a table
 //! go to stderr, JSON to stdout.
 //!
-//! Pieces: [`segment`] (documents with a sequence number and send time), [`pace`] and [`sender`]
-//! (the load), [`fake`] (the X-Ray stand-in), [`process`] (the daemon's life), [`raw`],
-//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the daemon's
+//! Pieces: [`pace`] and [`sender`] (the load), [`process`] (the daemon's life), [`raw`],
+//! [`procfs`] (measurements) and [`report`] (percentiles, zero loss, JSON, table). From the test
+//! kit (`xrayd-kit`) it takes the X-Ray stand-in (`FastXray`), the benchmark documents with a
+//! sequence number and send time (`bench_segment`) and the child-process runner. From the daemon's
 //! library it takes only what it measures or must match: the `recvmmsg` receive path of `--raw`,
 //! the JSON string escaping, the version, and the flag and duration parsers of every xrayd command.
 
-pub mod fake;
 pub mod pace;
 pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod report;
-pub mod segment;
 pub mod sender;
 pub mod sys;
 
@@ -31,10 +30,11 @@ use std::time::{Duration, Instant};
 use xrayd::config::args::{self as cli, Flag};
 use xrayd::config::parse_duration;
 
-use fake::{FakeXray, Faults};
 use report::{Json, Row, obj};
-use segment::Template;
 use sender::{SendConfig, SendReport};
+use xrayd_kit::bench_segment::Template;
+use xrayd_kit::fast_xray::{FastXray, Faults};
+use xrayd_kit::pin_current_thread;
 
 /// Usage text of `xrayd-bench` (and `xrayd bench`).
 pub fn usage() -> &'static str {
@@ -49,20 +49,34 @@ losing < 0.1 %). A progress line per step and a table go to stderr; JSON to stdo
 a fresh daemon.
 
 Load:
-  --rates LIST            segments/s per step, comma-separated; 0 = unpaced (default 10000,50000,100000,200000,300000)
+  --rates LIST            segments/s per step, comma-separated; 0 = unpaced
+                          (default 10000,50000,100000,200000,300000)
   --duration D            sending time per step (default 5s)
   --count N               send exactly N segments per step instead (at the step's rate)
   --size BYTES            datagram size, header included (default 1000)
-  --batch N               messages per sendmmsg call (default 64)
-  --gso                   send with UDP GSO (falls back to plain sendmmsg when unsupported)
+  --clients N             client sockets of the even load (default 16). The even load (the
+                          default) is what many SDK processes send: datagrams spread evenly over
+                          time, at most rate/4000 per send call, the calls going round-robin over
+                          the N sockets, each its own source port
+  --bursty                bursty load instead: one socket, a millisecond's worth of datagrams per
+                          sendmmsg call (at most --batch)
+  --batch N               messages per sendmmsg call of a bursty or unpaced load (default 64)
+  --gso                   bursty load sent with UDP GSO (falls back to plain sendmmsg when
+                          unsupported)
 
 Target:
   --daemon-cmd TEMPLATE   daemon command, split on spaces. Placeholders: {udp} (127.0.0.1:PORT),
-                          {udp_port}, {endpoint} (http://127.0.0.1:PORT), {endpoint_port}. Without
-                          {udp} it names an xrayd-compatible program and these are appended:
+                          {udp_port}, {tcp} (127.0.0.1:PORT, a free TCP port), {endpoint}
+                          (http://127.0.0.1:PORT of the fake X-Ray), {endpoint_port}, {config}
+                          (the path of a Version 2 cfg.yaml with that Endpoint, Region us-east-1,
+                          LocalMode and LogLevel error). Without {udp} it names an xrayd-compatible
+                          program and these are appended:
                           -b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoint {endpoint}
                           (default: the xrayd that ran `xrayd bench`, else the xrayd next to
-                          xrayd-bench, else xrayd on PATH)
+                          xrayd-bench, else xrayd on PATH). The AWS daemon, which takes its
+                          endpoint from its config file only, runs with --daemon-cmd
+                          'aws-xray-daemon -o -n us-east-1 -c {config} -b {udp} -t {tcp}'.
+                          Every daemon gets dummy AWS credentials in its environment.
   --raw                   no daemon: a do-nothing recvmmsg receiver thread with xrayd's socket
                           set-up (receive buffer, UDP GRO): the machine's limit
   --receive-buffer BYTES  SO_RCVBUF of the --raw receiver (default 4194304, as xrayd)
@@ -78,6 +92,10 @@ Fake X-Ray faults:
   --fault-delay D         delay before every PutTraceSegments answer, e.g. 20ms
   --seed N                seed of the fault draws (default 1)
   --fake-port PORT        TCP port of the fake X-Ray (default: any free port)
+  --https                 the fake X-Ray serves HTTPS (TLS with a self-signed certificate made at
+                          start-up), so that a request costs its TLS as in production; the daemon
+                          is told not to verify the certificate: --no-verify-ssl is appended for
+                          xrayd-compatible programs, NoVerifySSL: true goes into {config}
 
 Timing:
   --idle D                wait after start-up before measuring idle RSS (default 1s)
@@ -95,6 +113,8 @@ pub struct Options {
     pub count: Option<u64>,
     pub size: usize,
     pub batch: usize,
+    pub bursty: bool,
+    pub clients: usize,
     pub gso: bool,
     pub daemon_cmd: Option<String>,
     pub raw: bool,
@@ -104,6 +124,7 @@ pub struct Options {
     pub label: Option<String>,
     pub faults: Faults,
     pub fake_port: u16,
+    pub https: bool,
     pub idle: Duration,
     pub drain_idle: Duration,
     pub drain_timeout: Duration,
@@ -118,6 +139,8 @@ impl Default for Options {
             count: None,
             size: 1000,
             batch: 64,
+            bursty: false,
+            clients: 16,
             gso: false,
             daemon_cmd: None,
             raw: false,
@@ -130,6 +153,7 @@ impl Default for Options {
                 ..Faults::default()
             },
             fake_port: 0,
+            https: false,
             idle: Duration::from_secs(1),
             drain_idle: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(60),
@@ -211,6 +235,8 @@ const FLAGS: &[Flag] = &[
     Flag::value("duration", "D", ""),
     Flag::value("count", "N", ""),
     Flag::value("size", "BYTES", ""),
+    Flag::value("clients", "N", ""),
+    Flag::switch("bursty", ""),
     Flag::value("batch", "N", ""),
     Flag::switch("gso", ""),
     Flag::value("daemon-cmd", "TEMPLATE", ""),
@@ -226,6 +252,7 @@ const FLAGS: &[Flag] = &[
     Flag::value("fault-delay", "D", ""),
     Flag::value("seed", "N", ""),
     Flag::value("fake-port", "PORT", ""),
+    Flag::switch("https", ""),
     Flag::value("idle", "D", ""),
     Flag::value("drain-idle", "D", ""),
     Flag::value("drain-timeout", "D", ""),
@@ -254,6 +281,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         let duration = |v: &str| parse_duration(v).map_err(|e| format!("--{name}: {e}"));
         match name {
             "gso" => o.gso = value == "true",
+            "bursty" => o.bursty = value == "true",
+            "https" => o.https = value == "true",
+            "clients" => o.clients = (num(&value)? as usize).clamp(1, 1024),
             "raw" => o.raw = value == "true",
             "pin" => pin = value == "true",
             "rates" => o.rates = parse_rates(&value)?,
@@ -287,6 +317,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     }
     if o.raw && o.daemon_cmd.is_some() {
         return Err("--raw and --daemon-cmd exclude each other".into());
+    }
+    if o.raw && o.https {
+        return Err("--https needs a daemon: drop --raw".into());
     }
     if o.raw && o.faults.any() {
         return Err("faults need a daemon: drop --raw".into());
@@ -413,6 +446,15 @@ impl Step {
     }
 }
 
+/// The load's shape, as the JSON report names it.
+fn load_name(o: &Options) -> &'static str {
+    match (o.gso, o.bursty) {
+        (true, _) => "gso",
+        (false, true) => "bursty",
+        (false, false) => "even",
+    }
+}
+
 fn target_label(o: &Options) -> String {
     if let Some(l) = &o.label {
         return l.clone();
@@ -469,7 +511,7 @@ fn default_daemon() -> Result<String, String> {
 pub fn run(o: &Options) -> Result<Json, String> {
     let template = Template::new(o.size)?;
     if !o.load_cpus.is_empty() {
-        sys::pin_current_thread(&o.load_cpus)
+        pin_current_thread(&o.load_cpus)
             .map_err(|e| format!("cannot pin to CPUs {:?}: {e}", o.load_cpus))?;
     }
     let daemon_template = match (&o.daemon_cmd, o.raw) {
@@ -479,8 +521,12 @@ pub fn run(o: &Options) -> Result<Json, String> {
     };
     let fake = match daemon_template {
         Some(_) => Some(
-            FakeXray::start(o.fake_port, o.faults, o.load_cpus.clone())
-                .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
+            if o.https {
+                FastXray::start_https(o.fake_port, o.faults, o.load_cpus.clone())
+            } else {
+                FastXray::start(o.fake_port, o.faults, o.load_cpus.clone())
+            }
+            .map_err(|e| format!("cannot start the fake X-Ray: {e}"))?,
         ),
         None => None,
     };
@@ -541,6 +587,11 @@ pub fn run(o: &Options) -> Result<Json, String> {
                 ("size", (o.size as u64).into()),
                 ("duration_s", o.duration.as_secs_f64().into()),
                 ("count", o.count.into()),
+                ("load", load_name(o).into()),
+                (
+                    "clients",
+                    (if o.bursty || o.gso { 1 } else { o.clients } as u64).into(),
+                ),
                 ("batch", (o.batch as u64).into()),
                 ("gso_requested", o.gso.into()),
                 ("daemon_cpus", cpu_json(&o.daemon_cpus)),
@@ -556,6 +607,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
                         ("seed", o.faults.seed.into()),
                     ]),
                 ),
+                ("https", o.https.into()),
             ]),
         ),
         ("steps", Json::Arr(steps.iter().map(step_json).collect())),
@@ -750,6 +802,8 @@ fn send_load(
         duration: o.duration,
         count: o.count,
         batch: o.batch,
+        bursty: o.bursty,
+        clients: o.clients,
         gso: o.gso,
         step,
     };
@@ -757,7 +811,7 @@ fn send_load(
     std::thread::scope(|s| {
         s.spawn(|| {
             if !o.load_cpus.is_empty() {
-                let _ = sys::pin_current_thread(&o.load_cpus);
+                let _ = pin_current_thread(&o.load_cpus);
             }
             sender::send(target, template, &cfg, &stop)
         })
@@ -787,14 +841,25 @@ fn daemon_step(
     o: &Options,
     template: &Template,
     daemon_template: &str,
-    fake: &FakeXray,
+    fake: &FastXray,
     step_id: u16,
     rate: u64,
     log_dir: &std::path::Path,
 ) -> Result<Step, String> {
     fake.begin_step(step_id);
     let port = process::free_udp_port().map_err(|e| format!("no free UDP port: {e}"))?;
-    let argv = process::command_line(daemon_template, port, &fake.endpoint());
+    let places = process::Placeholders {
+        udp_port: port,
+        tcp_port: process::free_tcp_port().map_err(|e| format!("no free TCP port: {e}"))?,
+        endpoint: fake.endpoint(),
+        config: log_dir.join(format!("step{step_id}-cfg.yaml")),
+        no_verify_ssl: o.https,
+    };
+    if process::wants_config(daemon_template) {
+        process::write_config(&places)
+            .map_err(|e| format!("cannot write {}: {e}", places.config.display()))?;
+    }
+    let argv = process::command_line(daemon_template, &places);
     let log_path = log_dir.join(format!("step{step_id}-{rate}.log"));
     let mut daemon = process::Daemon::spawn(&argv, &o.daemon_cpus, log_path)
         .map_err(|e| format!("cannot start {:?}: {e}", argv.join(" ")))?;
@@ -983,6 +1048,14 @@ mod tests {
         assert_eq!(o.rates, [10_000, 250_000]);
         assert_eq!(o.duration, Duration::from_secs(2));
         assert!(o.gso && !o.raw);
+        assert_eq!(load_name(&o), "gso");
+        let even = Options::default();
+        assert_eq!((load_name(&even), even.clients), ("even", 16));
+        let bursty = parse_args(&args("--bursty --clients 3")).unwrap().unwrap();
+        assert_eq!((load_name(&bursty), bursty.clients), ("bursty", 3));
+        assert!(parse_args(&args("--clients x")).is_err());
+        assert!(parse_args(&args("--https")).unwrap().unwrap().https);
+        assert!(parse_args(&args("--raw --https")).is_err());
         assert_eq!(
             (o.daemon_cpus.clone(), o.load_cpus.clone()),
             (vec![1], vec![0])

@@ -41,6 +41,15 @@ pub fn slice(rate: u64, max_burst: u64) -> u64 {
     (rate / 1000).clamp(1, max_burst.max(1))
 }
 
+/// Datagrams of one send call of the even load: at most `rate/4000` (at least 1), so that a paced
+/// load is spread over at least 4,000 calls a second; `max` when unpaced.
+pub fn even_slice(rate: u64, max: u64) -> u64 {
+    if rate == 0 {
+        return max.max(1);
+    }
+    (rate / 4000).max(1)
+}
+
 /// Datagrams a step sends: `count` if given, else `rate × duration` (None when unpaced and
 /// time-bound: it sends until the time is up).
 pub fn step_total(rate: u64, duration: Duration, count: Option<u64>) -> Option<u64> {
@@ -95,6 +104,15 @@ mod tests {
         assert_eq!(slice(500, 512), 1);
         assert_eq!(slice(10_000_000, 512), 512);
         assert_eq!(slice(0, 512), 512);
+    }
+
+    #[test]
+    fn even_slices_spread_a_second_over_4000_calls() {
+        assert_eq!(even_slice(1_000, 64), 1);
+        assert_eq!(even_slice(10_000, 64), 2);
+        assert_eq!(even_slice(100_000, 64), 25);
+        assert_eq!(even_slice(1_000_000, 64), 250);
+        assert_eq!(even_slice(0, 64), 64);
     }
 
     #[test]

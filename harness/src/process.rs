@@ -1,12 +1,14 @@
-//! Running the daemon under test: its command line from a template, start-up pinned to a core,
-//! waiting for its UDP socket, SIGTERM and the `Final counts:` line.
+//! Running the daemon under test: its command line from a template, started through the kit's
+//! process runner ([`Proc`]: pinned to the daemon's CPUs, output to a log file), waiting for its UDP
+//! socket, SIGTERM and the `Final counts:` line.
 
-use std::fs::File;
 use std::io;
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+use xrayd_kit::{Proc, SpawnOptions};
 
 use super::procfs;
 
@@ -18,37 +20,85 @@ pub const DEFAULT_ARGS: &str = "-b {udp} -t 127.0.0.1:0 -o -n us-east-1 --endpoi
 pub const ACCESS_KEY: &str = "AKIDBENCHMARK0000000";
 pub const SECRET_KEY: &str = "bench/Secret+0123456789EXAMPLEKEYxxxxxxxx";
 
-/// The daemon's argv for one run: `template` split on whitespace (no quoting), with `{udp}`
-/// (`127.0.0.1:PORT`), `{udp_port}`, `{endpoint}` (`http://127.0.0.1:PORT`) and `{endpoint_port}`
-/// replaced. A template without `{udp}` names an xrayd-compatible program (and extra arguments);
-/// [`DEFAULT_ARGS`] are appended to it.
-pub fn command_line(template: &str, udp_port: u16, endpoint: &str) -> Vec<String> {
+/// What the placeholders of a daemon command stand for in one step.
+#[derive(Debug, Clone)]
+pub struct Placeholders {
+    /// `{udp}` (`127.0.0.1:PORT`) and `{udp_port}`.
+    pub udp_port: u16,
+    /// `{tcp}` (`127.0.0.1:PORT`).
+    pub tcp_port: u16,
+    /// `{endpoint}` (`http://127.0.0.1:PORT`) and `{endpoint_port}`.
+    pub endpoint: String,
+    /// `{config}`: where [`write_config`] put the daemon's configuration file.
+    pub config: PathBuf,
+    /// The fake X-Ray serves HTTPS with a self-signed certificate: the daemon is told not to
+    /// verify it (`--no-verify-ssl` appended with [`DEFAULT_ARGS`], `NoVerifySSL` in the file).
+    pub no_verify_ssl: bool,
+}
+
+/// Whether `template` asks for a configuration file (`{config}`).
+pub fn wants_config(template: &str) -> bool {
+    template.contains("{config}")
+}
+
+/// Writes a Version 2 X-Ray daemon configuration (`cfg.yaml`) for the step at `p.config`: what
+/// the AWS daemon needs to upload to the fake X-Ray (it has no endpoint flag). Its log level is
+/// `error`, so that neither daemon formats a line per batch in a benchmark.
+pub fn write_config(p: &Placeholders) -> io::Result<()> {
+    let endpoint = &p.endpoint;
+    let mut yaml = format!(
+        "# Written by xrayd bench for one run: the daemon uploads to the bench's fake X-Ray.\n\
+         Version: 2\n\
+         Endpoint: \"{endpoint}\"\n\
+         Region: \"us-east-1\"\n\
+         LocalMode: true\n\
+         Logging:\n  LogLevel: \"error\"\n"
+    );
+    if p.no_verify_ssl {
+        yaml.push_str("NoVerifySSL: true\n");
+    }
+    std::fs::write(&p.config, yaml)
+}
+
+/// The daemon's argv for one run: `template` split on whitespace (no quoting), with the
+/// [`Placeholders`] replaced. A template without `{udp}` names an xrayd-compatible program (and
+/// extra arguments); [`DEFAULT_ARGS`] are appended to it.
+pub fn command_line(template: &str, p: &Placeholders) -> Vec<String> {
     let full = if template.contains("{udp}") || template.contains("{udp_port}") {
         template.to_string()
+    } else if p.no_verify_ssl {
+        format!("{template} {DEFAULT_ARGS} --no-verify-ssl")
     } else {
         format!("{template} {DEFAULT_ARGS}")
     };
-    let endpoint_port = endpoint.rsplit(':').next().unwrap_or_default();
+    let endpoint_port = p.endpoint.rsplit(':').next().unwrap_or_default();
+    let config = p.config.to_string_lossy();
     full.split_whitespace()
         .map(|w| {
-            w.replace("{udp}", &format!("127.0.0.1:{udp_port}"))
-                .replace("{udp_port}", &udp_port.to_string())
-                .replace("{endpoint}", endpoint)
+            w.replace("{udp}", &format!("127.0.0.1:{}", p.udp_port))
+                .replace("{udp_port}", &p.udp_port.to_string())
+                .replace("{tcp}", &format!("127.0.0.1:{}", p.tcp_port))
+                .replace("{endpoint}", &p.endpoint)
                 .replace("{endpoint_port}", endpoint_port)
+                .replace("{config}", &config)
         })
         .collect()
 }
 
-/// `key=value` pairs of the daemon's `Final counts:` line (xrayd), last one in the log.
+/// `key=value` pairs of the daemon's `Final counts:` line (xrayd), last one in the log, in the
+/// line's order (the kit reads the line).
 pub fn parse_final_counts(log: &str) -> Vec<(String, u64)> {
-    let Some(line) = log.lines().rev().find(|l| l.contains("Final counts:")) else {
+    let Some((line, counts)) = log
+        .lines()
+        .rev()
+        .find_map(|l| Some((l, xrayd_kit::parse_final_counts(l)?)))
+    else {
         return Vec::new();
     };
-    let rest = &line[line.find("Final counts:").unwrap_or(0) + "Final counts:".len()..];
-    rest.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
+    line.split_whitespace()
+        .filter_map(|word| {
+            let key = word.split_once('=')?.0;
+            Some((key.to_string(), *counts.get(key)?))
         })
         .collect()
 }
@@ -58,9 +108,14 @@ pub fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A running daemon.
+/// A free loopback TCP port (bound and released, as [`free_udp_port`]).
+pub fn free_tcp_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running daemon (killed on drop).
 pub struct Daemon {
-    child: Child,
+    proc: Proc,
     /// Its process id.
     pub pid: u32,
     /// Where its stdout and stderr go.
@@ -68,18 +123,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `argv` with stdout and stderr in `log_path`, from a thread pinned to `cpus` so the
-    /// daemon and all its threads inherit the affinity (unpinned when `cpus` is empty).
+    /// Starts `argv` with stdout and stderr in `log_path`, pinned to `cpus` (with all its
+    /// threads; unpinned when `cpus` is empty).
     pub fn spawn(argv: &[String], cpus: &[usize], log_path: PathBuf) -> io::Result<Daemon> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty daemon command"))?;
-        let log = File::create(&log_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_REGION", "us-east-1")
@@ -87,20 +138,15 @@ impl Daemon {
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_XRAY")
             .env_remove("AWS_PROFILE");
-        let cpus = cpus.to_vec();
-        let child = std::thread::scope(|s| {
-            s.spawn(move || {
-                if !cpus.is_empty() {
-                    super::sys::pin_current_thread(&cpus)?;
-                }
-                cmd.spawn()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("spawning thread panicked")))
-        })?;
+        let how = SpawnOptions {
+            log_file: Some(log_path.clone()),
+            cpus: cpus.to_vec(),
+            ..SpawnOptions::default()
+        };
+        let proc = Proc::try_spawn(program, &mut cmd, &how)?;
         Ok(Daemon {
-            pid: child.id(),
-            child,
+            pid: proc.pid(),
+            proc,
             log_path,
         })
     }
@@ -113,7 +159,7 @@ impl Daemon {
             if procfs::udp_socket_drops(port).is_some() {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.proc.exited() {
                 return Err(format!(
                     "the daemon exited ({status}) before listening on UDP port {port}; its output:\n{}",
                     self.log_tail(20)
@@ -131,35 +177,19 @@ impl Daemon {
 
     /// Still running?
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proc.is_running()
     }
 
     /// The last `n` lines of its output.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines = self.proc.lines();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status (None if killed) and the log.
     pub fn stop(mut self, grace: Duration) -> (Option<ExitStatus>, String) {
-        let _ = super::sys::terminate(self.pid);
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        (status, log)
+        let status = self.proc.terminate(grace);
+        (status, self.proc.log())
     }
 }
 
@@ -167,10 +197,20 @@ impl Daemon {
 mod tests {
     use super::*;
 
+    fn places(udp_port: u16, endpoint: &str) -> Placeholders {
+        Placeholders {
+            udp_port,
+            tcp_port: 2100,
+            endpoint: endpoint.to_string(),
+            config: PathBuf::from("/tmp/run/cfg.yaml"),
+            no_verify_ssl: false,
+        }
+    }
+
     #[test]
     fn templates_expand() {
         assert_eq!(
-            command_line("/bin/xrayd -l warn", 2000, "http://127.0.0.1:4566"),
+            command_line("/bin/xrayd -l warn", &places(2000, "http://127.0.0.1:4566")),
             [
                 "/bin/xrayd",
                 "-l",
@@ -189,8 +229,7 @@ mod tests {
         assert_eq!(
             command_line(
                 "taskset -c 1 xray -b {udp} -c cfg-{endpoint_port}.yaml -x {udp_port}",
-                2001,
-                "http://127.0.0.1:9"
+                &places(2001, "http://127.0.0.1:9")
             ),
             [
                 "taskset",
@@ -203,6 +242,48 @@ mod tests {
                 "cfg-9.yaml",
                 "-x",
                 "2001"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_aws_daemon_gets_a_config_file_and_a_tcp_address() {
+        let t = "aws-xray-daemon -o -n us-east-1 -c {config} -b {udp} -t {tcp}";
+        assert!(wants_config(t) && !wants_config("xrayd -b {udp}"));
+        assert_eq!(
+            command_line(t, &places(2002, "http://127.0.0.1:4566")).join(" "),
+            "aws-xray-daemon -o -n us-east-1 -c /tmp/run/cfg.yaml -b 127.0.0.1:2002 -t 127.0.0.1:2100"
+        );
+        let dir = std::env::temp_dir().join(format!("xrayd-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = places(2002, "http://127.0.0.1:4566");
+        p.config = dir.join("cfg.yaml");
+        write_config(&p).unwrap();
+        let text = std::fs::read_to_string(&p.config).unwrap();
+        p.no_verify_ssl = true;
+        p.endpoint = "https://127.0.0.1:4566".into();
+        write_config(&p).unwrap();
+        let https = std::fs::read_to_string(&p.config).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            https.contains("Endpoint: \"https://127.0.0.1:4566\"\n"),
+            "{https}"
+        );
+        assert!(https.ends_with("\nNoVerifySSL: true\n"), "{https}");
+        assert!(
+            command_line("xrayd", &p).ends_with(&["--no-verify-ssl".to_string()]),
+            "xrayd-compatible programs are told not to verify"
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "Version: 2",
+                "Endpoint: \"http://127.0.0.1:4566\"",
+                "Region: \"us-east-1\"",
+                "LocalMode: true",
+                "Logging:",
+                "  LogLevel: \"error\""
             ]
         );
     }

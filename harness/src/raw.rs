@@ -45,7 +45,7 @@ impl RawReceiver {
             .name("bench-raw-recv".into())
             .spawn(move || {
                 if !cpus.is_empty() {
-                    let _ = super::sys::pin_current_thread(&cpus);
+                    let _ = xrayd_kit::pin_current_thread(&cpus);
                 }
                 let _ = tid_tx.send(std::fs::read_link("/proc/thread-self").ok());
                 let _ = receive(socket, &c, &s);

@@ -1,5 +1,8 @@
-//! The UDP load generator: benchmark segments sent with `sendmmsg` (optionally as UDP GSO
-//! super-datagrams), paced in one-millisecond slices or unpaced.
+//! The UDP load generator: benchmark segments sent with `sendmmsg`, paced or unpaced. The even load
+//! (the default) models many SDK clients: datagrams spread evenly over time, at most `rate/4000`
+//! per call, round-robin over several client sockets (each its own source port). The bursty load
+//! sends about a millisecond's worth per call from one socket, optionally as UDP GSO
+//! super-datagrams.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -8,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::pace;
-use super::segment::{Template, format_epoch_us, make_id};
 use super::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendBatch};
+use xrayd_kit::bench_segment::{Template, format_epoch_us, make_id};
 
 /// What to send in one step.
 #[derive(Debug, Clone)]
@@ -20,9 +23,13 @@ pub struct SendConfig {
     pub duration: Duration,
     /// Send exactly this many datagrams, however long it takes.
     pub count: Option<u64>,
-    /// Messages per `sendmmsg` call.
+    /// Messages per `sendmmsg` call of the bursty load and of an unpaced even load.
     pub batch: usize,
-    /// Use UDP GSO when the kernel has it.
+    /// Bursty load: one socket, one-millisecond slices of up to `batch` messages.
+    pub bursty: bool,
+    /// Client sockets of the even load, used in turn.
+    pub clients: usize,
+    /// Use UDP GSO when the kernel has it (a bursty load).
     pub gso: bool,
     /// Step number, carried in every segment id.
     pub step: u16,
@@ -80,9 +87,18 @@ pub fn send(
     } else {
         "[::1]:0".parse().map_err(io::Error::other)?
     };
-    let sock = UdpSocket::bind(local)?;
-    sock.connect(target)?;
-    let fd = sock.as_raw_fd();
+    let bursty = cfg.bursty || cfg.gso;
+    let clients = if bursty { 1 } else { cfg.clients.max(1) };
+    let socks = (0..clients)
+        .map(|_| {
+            let sock = UdpSocket::bind(local)?;
+            sock.connect(target)?;
+            Ok(sock)
+        })
+        .collect::<io::Result<Vec<UdpSocket>>>()?;
+    let fds: Vec<_> = socks.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut next = 0usize;
+    let fd = fds[0];
     let size = template.size();
     let mut report = SendReport::default();
 
@@ -104,8 +120,10 @@ pub fn send(
     let batch = cfg.batch.max(1);
     let max_burst = if segs > 1 {
         (batch * segs).min(GSO_MAX_BURST)
-    } else {
+    } else if bursty {
         batch
+    } else {
+        pace::even_slice(cfg.rate, batch as u64) as usize
     } as u64;
     let mut buf: Vec<u8> = Vec::with_capacity(max_burst as usize * size);
     for _ in 0..max_burst {
@@ -113,7 +131,11 @@ pub fn send(
     }
     let mut mm = SendBatch::new();
     let total = pace::step_total(cfg.rate, cfg.duration, cfg.count);
-    let slice = pace::slice(cfg.rate, max_burst);
+    let slice = if bursty {
+        pace::slice(cfg.rate, max_burst)
+    } else {
+        max_burst
+    };
     let mut consecutive_errors = 0u64;
     let mut gso_confirmed = segs == 1;
     let start = Instant::now();
@@ -146,6 +168,8 @@ pub fn send(
             );
         }
         report.calls += 1;
+        let fd = fds[next];
+        next = (next + 1) % fds.len();
         match mm.send(fd, &buf[..n as usize * size], segs * size) {
             Ok(bytes) => {
                 consecutive_errors = 0;
@@ -189,42 +213,49 @@ pub fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::{HEADER, find_sub, parse_hex16, split_id};
+    use xrayd_kit::bench_segment::{HEADER, find_sub, parse_hex16, split_id};
 
-    fn receive_all(rx: &UdpSocket, n: usize, size: usize) -> Vec<(u16, u64)> {
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut out = Vec::new();
-        while out.len() < n {
-            let len = rx.recv(&mut buf).unwrap();
-            assert_eq!(len, size);
-            assert!(buf.starts_with(HEADER));
-            // The document is not escaped here: look the id up directly.
-            let doc = &buf[HEADER.len()..len];
-            let at = find_sub(doc, b"\"id\":\"").unwrap() + 6;
-            let id = parse_hex16(&doc[at..at + 16]).unwrap();
-            out.push(split_id(id));
-        }
-        out
-    }
-
-    fn run(gso: bool) {
+    /// Sends 300 datagrams of 500 bytes at 20k/s as `shape` configures, to a fresh socket;
+    /// returns the report and, in arrival order, each datagram's step, sequence number and source
+    /// port.
+    fn send_300(shape: impl FnOnce(&mut SendConfig)) -> (SendReport, Vec<(u16, u64, u16)>) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         xrayd::ingest::recvmmsg::set_receive_buffer(rx.as_raw_fd(), 4 << 20).unwrap();
         let t = Template::new(500).unwrap();
-        let cfg = SendConfig {
+        let mut cfg = SendConfig {
             rate: 20_000,
             duration: Duration::from_secs(10),
             count: Some(300),
             batch: 16,
-            gso,
+            bursty: true,
+            clients: 1,
+            gso: false,
             step: 9,
         };
+        shape(&mut cfg);
         let r = send(rx.local_addr().unwrap(), &t, &cfg, &AtomicBool::new(false)).unwrap();
         assert_eq!(r.sent, 300);
         // 300 datagrams at 20k/s take about 15 ms; allow for a slow machine but catch no pacing.
         assert!(r.elapsed >= Duration::from_millis(10), "{:?}", r.elapsed);
-        let got = receive_all(&rx, 300, 500);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut out = Vec::new();
+        while out.len() < 300 {
+            let (len, from) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(len, 500);
+            assert!(buf.starts_with(HEADER));
+            // The document is not escaped here: look the id up directly.
+            let doc = &buf[HEADER.len()..len];
+            let at = find_sub(doc, b"\"id\":\"").unwrap() + 6;
+            let (step, seq) = split_id(parse_hex16(&doc[at..at + 16]).unwrap());
+            out.push((step, seq, from.port()));
+        }
+        (r, out)
+    }
+
+    fn run(gso: bool) {
+        let (r, got) = send_300(|c| c.gso = gso);
+        let got: Vec<(u16, u64)> = got.iter().map(|&(step, seq, _)| (step, seq)).collect();
         let want: Vec<(u16, u64)> = (0..300).map(|s| (9, s)).collect();
         assert_eq!(got, want);
         if gso {
@@ -243,6 +274,25 @@ mod tests {
     }
 
     #[test]
+    fn even_load_spreads_small_calls_over_every_client_socket() {
+        let (r, got) = send_300(|c| {
+            (c.bursty, c.clients, c.batch, c.step) = (false, 4, 64, 3);
+        });
+        // At most 20,000 / 4,000 = 5 datagrams per call.
+        assert_eq!(r.calls, 60, "{r:?}");
+        for (i, &(step, seq, _)) in got.iter().enumerate() {
+            assert_eq!((step, seq), (3, i as u64));
+        }
+        // Calls go round-robin: datagram i comes from client (i / 5) % 4.
+        let ports: Vec<u16> = got.iter().map(|&(_, _, port)| port).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "{distinct:?}");
+        for (i, p) in ports.iter().enumerate() {
+            assert_eq!(*p, ports[(i / 5 % 4) * 5], "datagram {i}");
+        }
+    }
+
+    #[test]
     fn unpaced_duration_stops_in_time() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let t = Template::new(1000).unwrap();
@@ -251,6 +301,8 @@ mod tests {
             duration: Duration::from_millis(50),
             count: None,
             batch: 64,
+            bursty: true,
+            clients: 1,
             gso: false,
             step: 0,
         };

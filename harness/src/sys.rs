@@ -1,5 +1,6 @@
-//! The few system calls the harness needs that std does not offer: `sendmmsg`, UDP GSO, CPU
-//! affinity, the clock tick rate and SIGTERM. Every `unsafe` of the harness lives here.
+//! The few system calls the harness needs that std does not offer: `sendmmsg`, UDP GSO and the
+//! clock tick rate (CPU affinity and signals are the kit's, with its process runner). Every `unsafe`
+//! of the harness lives here.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -71,57 +72,11 @@ impl SendBatch {
 /// UDP GSO for the sender: the daemon's socket module sets it, beside its receiving twin (GRO).
 pub use xrayd::ingest::recvmmsg::set_udp_segment;
 
-/// Pins the calling thread to `cpus`. Threads and processes it starts afterwards inherit the mask.
-pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
-    // A mask of 1024 CPUs, the size of glibc's and musl's cpu_set_t.
-    let mut mask = [0u64; 16];
-    const _: () =
-        assert!(std::mem::size_of::<[u64; 16]>() == std::mem::size_of::<libc::cpu_set_t>());
-    for &c in cpus {
-        if c >= 1024 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("CPU {c} is out of range"),
-            ));
-        }
-        mask[c / 64] |= 1 << (c % 64);
-    }
-    // SAFETY: `mask` is a live, initialised 128-byte buffer with the size and layout of
-    // cpu_set_t (an array of bits, checked at compile time above); the kernel only reads it.
-    // pid 0 means the calling thread.
-    let rc = unsafe {
-        libc::sched_setaffinity(
-            0,
-            std::mem::size_of::<libc::cpu_set_t>(),
-            (&mask as *const [u64; 16]).cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Clock ticks per second, the unit of utime/stime in /proc (USER_HZ, 100 almost everywhere).
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf takes an integer name and has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
-}
-
-/// Sends SIGTERM to process `pid`.
-pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    // SAFETY: kill takes two integers and has no memory effects; `pid` is positive (a child we
-    // started and have not reaped), so it names exactly one process.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

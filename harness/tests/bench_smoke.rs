@@ -74,6 +74,16 @@ fn run_harness(args: Vec<String>) -> String {
     report("xrayd-bench", cmd.output().expect("run xrayd-bench"))
 }
 
+/// Runs `xrayd-bench ARGS` directly, the daemon named in `ARGS`.
+fn run_harness_with(args: Vec<String>) -> String {
+    let out = Command::new(HARNESS)
+        .args(&args)
+        .env_remove("XRAYD_BENCH_DAEMON")
+        .output()
+        .expect("run xrayd-bench");
+    report("xrayd-bench", out)
+}
+
 #[test]
 fn bench_against_xrayd_delivers_everything_once() {
     let json = run_xrayd_bench(bench_args(&[]));
@@ -180,4 +190,96 @@ fn xrayd_bench_without_the_harness_says_how_to_build_it() {
         err.contains("xrayd-bench") && err.contains("cargo build --release -p xrayd-harness"),
         "{err}"
     );
+}
+
+/// Checks a one-step report of a daemon run from a `{config}` command: everything offered was
+/// delivered once (so the daemon read the fake's endpoint from the written file), from the even
+/// load's 16 client sockets.
+fn assert_delivered_through_config(json: &str, label: &str) {
+    let v: serde_json::Value = serde_json::from_str(json).expect("JSON report");
+    assert_eq!(v["target"], label, "{json}");
+    assert_eq!(v["config"]["load"], "even", "{json}");
+    assert_eq!(v["config"]["clients"], 16, "{json}");
+    assert!(
+        v["config"]["daemon_cmd"]
+            .as_str()
+            .is_some_and(|c| c.contains("-c {config}")),
+        "{json}"
+    );
+    let s = &v["steps"][0];
+    assert_eq!(s["offered"], 500, "{json}");
+    assert_eq!(s["delivered"], 500, "{json}");
+    assert_eq!(s["duplicates"], 0, "{json}");
+    assert!(s["cpu_us_per_segment"].as_f64().is_some(), "{json}");
+}
+
+/// `{config}` writes a Version 2 cfg.yaml naming the fake X-Ray and `{tcp}` a free TCP address:
+/// the way to run the AWS daemon, which has no endpoint flag. xrayd reads the same file, so it
+/// stands in for it here: its uploads reach the fake only through the Endpoint in that file.
+#[test]
+fn bench_writes_a_config_file_for_daemons_without_an_endpoint_flag() {
+    let cmd = format!(
+        "{} -o -n us-east-1 -c {{config}} -b {{udp}} -t {{tcp}}",
+        Daemon::bin()
+    );
+    let json = run_harness_with(bench_args(&[
+        "--count",
+        "500",
+        "--label",
+        "stand-in",
+        "--daemon-cmd",
+        &cmd,
+    ]));
+    assert_delivered_through_config(&json, "stand-in");
+}
+
+/// The AWS X-Ray daemon itself, when this machine has it (`XRAYD_AWS_DAEMON`, else
+/// `shared/peers/aws-xray-daemon` in a folder above the repository).
+#[test]
+fn bench_runs_the_aws_daemon_when_present() {
+    let peer = std::env::var_os("XRAYD_AWS_DAEMON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .map(|d| d.join("shared/peers/aws-xray-daemon"))
+                .find(|p| p.is_file())
+        });
+    let missing = match &peer {
+        Some(p) if p.is_file() => None,
+        _ => Some("no AWS X-Ray daemon (set XRAYD_AWS_DAEMON)".to_string()),
+    };
+    if !xrayd_kit::run_or_skip("bench_runs_the_aws_daemon_when_present", missing) {
+        return;
+    }
+    let peer = peer.expect("checked above");
+    let cmd = format!(
+        "{} -o -n us-east-1 -c {{config}} -b {{udp}} -t {{tcp}}",
+        peer.display()
+    );
+    let json = run_harness_with(bench_args(&["--count", "500", "--daemon-cmd", &cmd]));
+    assert_delivered_through_config(&json, "aws-xray-daemon");
+    // Over HTTPS: NoVerifySSL in the file lets it accept the fake's self-signed certificate.
+    let json = run_harness_with(bench_args(&[
+        "--count",
+        "500",
+        "--https",
+        "--daemon-cmd",
+        &cmd,
+    ]));
+    assert_delivered_through_config(&json, "aws-xray-daemon");
+}
+
+/// `--https`: the fake X-Ray serves TLS with a self-signed certificate, and xrayd (given
+/// `--no-verify-ssl` with the default arguments) delivers everything through it.
+#[test]
+fn bench_over_https_delivers_everything_once() {
+    let json = run_harness(bench_args(&["--count", "500", "--https"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(v["config"]["https"], true, "{json}");
+    let s = &v["steps"][0];
+    assert_eq!(s["offered"], 500, "{json}");
+    assert_eq!(s["delivered"], 500, "{json}");
+    assert_eq!(s["duplicates"], 0, "{json}");
+    assert!(s["requests"]["ok"].as_u64().unwrap() > 0, "{json}");
 }

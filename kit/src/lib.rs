@@ -1,15 +1,18 @@
 //! xrayd's test kit, shared by the integration tests and the benchmark harness: hand-written
 //! SHA-256/HMAC, an independent SigV4 verifier, one fake AWS endpoint (X-Ray, sampling, STS,
-//! container and instance-metadata credentials), one runner for the real daemon binary and its
-//! child processes, UDP senders, an HTTP client, a Prometheus parser, scratch directories,
-//! hermetic environments, condition waits and the skip report. It treats xrayd as a black box:
-//! nothing here imports the daemon's library.
+//! container and instance-metadata credentials) and its fast counting sibling for benchmarks
+//! (with the benchmark segment format), one HTTP wire implementation, one runner for the real
+//! daemon binary and for every child process, UDP senders, an HTTP client, a Prometheus parser,
+//! scratch directories, hermetic environments, condition waits and the skip report. It treats
+//! xrayd as a black box: nothing here imports the daemon's library.
 
 pub mod answers;
+pub mod bench_segment;
 pub mod crypto;
 pub mod daemon;
 pub mod env;
 pub mod fake_xray;
+pub mod fast_xray;
 pub mod http;
 pub mod metrics;
 pub mod process;
@@ -31,9 +34,10 @@ pub use fake_xray::{
     Behaviour, FakeConfig, FakeXray, RandomFaults, RecordedRequest, TEST_ACCESS_KEY, TEST_REGION,
     TEST_SECRET_KEY, document_id,
 };
+pub use fast_xray::FastXray;
 pub use http::{json_headers, one_shot};
 pub use metrics::{Exposition, parse_prometheus, sample, scrape, wait_for_sample};
-pub use process::{Proc, Ran, run_to_end};
+pub use process::{Proc, Ran, SpawnOptions, pin_current_thread, run_to_end};
 pub use sigv4::{SigCheck, Verifier, WireRequest};
 pub use skip::{run_or_skip, skip};
 pub use tempdir::{TempDir, scratch_dir};

@@ -1,9 +1,13 @@
-//! Child processes of the tests: [`Proc`], a running process whose stdout and stderr lines are
-//! collected as they come (waits on them are woken by each line, not by polling), signalled,
-//! stopped and killed on drop; and [`run_to_end`], a short command run to completion with a
-//! deadline. The daemon runner, moto and the SDK scripts are all run through them.
+//! Child processes of the tests and the benchmark harness: [`Proc`], a running process whose
+//! stdout and stderr lines are collected as they come (waits on them are woken by each line, not by
+//! polling) or written to a file, started from a thread pinned to chosen CPUs when asked
+//! ([`pin_current_thread`]), signalled, stopped and killed on drop; and [`run_to_end`], a short
+//! command run to completion with a deadline. The daemon runner, the harness's daemon under test,
+//! moto and the SDK scripts are all run through them.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -51,6 +55,53 @@ fn reader_thread(tag: String, src: impl Read + Send + 'static, out: Shared) -> J
         .expect("spawn output reader")
 }
 
+/// Pins the calling thread to `cpus`. Threads and processes it starts afterwards inherit the mask.
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    // A mask of 1024 CPUs, the size of glibc's and musl's cpu_set_t.
+    let mut mask = [0u64; 16];
+    const _: () =
+        assert!(std::mem::size_of::<[u64; 16]>() == std::mem::size_of::<libc::cpu_set_t>());
+    for &c in cpus {
+        if c >= 1024 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("CPU {c} is out of range"),
+            ));
+        }
+        mask[c / 64] |= 1 << (c % 64);
+    }
+    // SAFETY: `mask` is a live, initialised 128-byte buffer with the size and layout of
+    // cpu_set_t (an array of bits, checked at compile time above); the kernel only reads it.
+    // pid 0 means the calling thread.
+    let rc = unsafe {
+        libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            (&mask as *const [u64; 16]).cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// How [`Proc::try_spawn`] starts a process, beyond its command.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    /// Leave stdout piped and never read (kept in [`Proc::unread_stdout`]), so that the child
+    /// blocks once the pipe is full.
+    pub stdout_unread: bool,
+    /// Write stdout and stderr into this file instead of collecting their lines (no reader
+    /// threads: the cheapest for a process under measurement). [`Proc::lines`] then reads the
+    /// file, and the waits on lines check it once rather than waiting for new ones.
+    pub log_file: Option<PathBuf>,
+    /// Start the process from a thread pinned to these CPUs, so that the process and all its
+    /// threads inherit the affinity (none: not pinned).
+    pub cpus: Vec<usize>,
+}
+
 /// A running child process with its output lines collected; killed on drop.
 pub struct Proc {
     name: String,
@@ -58,6 +109,7 @@ pub struct Proc {
     out: Shared,
     readers: Vec<JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    log_file: Option<PathBuf>,
     /// stdout, when the caller asked to leave it unread (a stalled log consumer).
     pub unread_stdout: Option<ChildStdout>,
 }
@@ -71,39 +123,72 @@ impl Proc {
     /// Like [`Proc::spawn`]; with `read_stdout: false` stdout stays piped and never read (kept
     /// in [`Proc::unread_stdout`]), so that the child blocks once the pipe is full.
     pub fn spawn_with(name: &str, cmd: &mut Command, read_stdout: bool) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let how = SpawnOptions {
+            stdout_unread: !read_stdout,
+            ..SpawnOptions::default()
+        };
+        Self::try_spawn(name, cmd, &how).unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+    }
+
+    /// Starts `cmd` (stdin null) as `how` says; an error, not a panic, if it cannot start.
+    pub fn try_spawn(name: &str, cmd: &mut Command, how: &SpawnOptions) -> std::io::Result<Proc> {
+        cmd.stdin(Stdio::null());
+        match &how.log_file {
+            Some(path) => {
+                let log = File::create(path)?;
+                cmd.stdout(log.try_clone()?).stderr(log);
+            }
+            None => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        let mut child = if how.cpus.is_empty() {
+            cmd.spawn()?
+        } else {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    pin_current_thread(&how.cpus)?;
+                    cmd.spawn()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("spawning thread panicked")))
+            })?
+        };
+        let (stderr, stdout) = (child.stderr.take(), child.stdout.take());
+        let read_stdout = stdout.is_some() && !how.stdout_unread;
         let out: Shared = Arc::new((
             Mutex::new(Output {
                 lines: Vec::new(),
-                open_streams: if read_stdout { 2 } else { 1 },
+                open_streams: usize::from(stderr.is_some()) + usize::from(read_stdout),
             }),
             Condvar::new(),
         ));
-        let mut readers = vec![reader_thread(
-            format!("{name} stderr"),
-            child.stderr.take().expect("stderr"),
-            out.clone(),
-        )];
-        let mut unread_stdout = None;
-        let stdout = child.stdout.take().expect("stdout");
-        if read_stdout {
-            readers.push(reader_thread(format!("{name} stdout"), stdout, out.clone()));
-        } else {
-            unread_stdout = Some(stdout);
+        let mut readers = Vec::new();
+        if let Some(stderr) = stderr {
+            readers.push(reader_thread(format!("{name} stderr"), stderr, out.clone()));
         }
-        Proc {
+        let mut unread_stdout = None;
+        if let Some(stdout) = stdout {
+            if read_stdout {
+                readers.push(reader_thread(format!("{name} stdout"), stdout, out.clone()));
+            } else {
+                unread_stdout = Some(stdout);
+            }
+        }
+        Ok(Proc {
             name: name.to_string(),
             child,
             out,
             readers,
             exit: None,
+            log_file: how.log_file.clone(),
             unread_stdout,
-        }
+        })
+    }
+
+    /// The file the output goes to, when it was started with [`SpawnOptions::log_file`].
+    pub fn log_file(&self) -> Option<&Path> {
+        self.log_file.as_deref()
     }
 
     pub fn name(&self) -> &str {
@@ -114,9 +199,16 @@ impl Proc {
         self.child.id()
     }
 
-    /// Every output line so far (stdout and stderr interleaved as read).
+    /// Every output line so far (stdout and stderr interleaved as read, or the log file's lines).
     pub fn lines(&self) -> Vec<String> {
-        lock(&self.out).lines.clone()
+        match &self.log_file {
+            Some(path) => std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            None => lock(&self.out).lines.clone(),
+        }
     }
 
     /// The whole output so far, one string.
@@ -139,6 +231,9 @@ impl Proc {
 
     /// Number of lines containing `substr`.
     pub fn count_lines(&self, substr: &str) -> usize {
+        if self.log_file.is_some() {
+            return self.lines().iter().filter(|l| l.contains(substr)).count();
+        }
         lock(&self.out)
             .lines
             .iter()
@@ -152,12 +247,15 @@ impl Proc {
     }
 
     /// Waits until `pred` returns `Some` on the lines (checked at each new line), or the output
-    /// ends (the process exited), or `timeout` passes.
+    /// ends (the process exited), or `timeout` passes. With a log file, checks the file once.
     pub fn wait_map<T>(
         &self,
         timeout: Duration,
         mut pred: impl FnMut(&[String]) -> Option<T>,
     ) -> Option<T> {
+        if self.log_file.is_some() {
+            return pred(&self.lines());
+        }
         let deadline = Instant::now() + timeout;
         let (_, c) = &*self.out;
         let mut g = lock(&self.out);
@@ -421,5 +519,54 @@ pub fn run_to_end(name: &str, cmd: &mut Command, timeout: Duration) -> Ran {
         code: status.code(),
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawns_pinned_with_output_in_a_file_or_says_why_not() {
+        let dir = crate::TempDir::new("proc");
+        let log = dir.join("out.log");
+        let cpu = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let l = s.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+                let first = l.split(':').nth(1)?.trim().split([',', '-']).next()?;
+                first.parse::<usize>().ok()
+            })
+            .unwrap_or(0);
+        let how = SpawnOptions {
+            log_file: Some(log.clone()),
+            cpus: vec![cpu],
+            ..SpawnOptions::default()
+        };
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status; echo err >&2",
+        ]);
+        let mut p = Proc::try_spawn("sh", &mut cmd, &how).unwrap();
+        assert!(
+            p.try_wait_exit(Duration::from_secs(10))
+                .is_some_and(|s| s.success())
+        );
+        assert_eq!(p.log_file(), Some(log.as_path()));
+        let lines = p.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].ends_with(&format!("\t{cpu}")), "{lines:?}");
+        assert_eq!(p.count("err"), 1);
+        assert_eq!(
+            p.wait_for_line("err", Duration::ZERO).as_deref(),
+            Some("err")
+        );
+        let missing = Proc::try_spawn(
+            "nothing",
+            &mut Command::new("/nonexistent/program"),
+            &SpawnOptions::default(),
+        );
+        assert!(missing.is_err());
     }
 }

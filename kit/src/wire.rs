@@ -1,12 +1,15 @@
-//! The server side of HTTP/1.1 on the wire, for the fake AWS endpoint: reading one request
-//! (Content-Length or chunked body, `Expect: 100-continue`) and writing one answer (with the
-//! `Date`, `x-amzn-RequestId` and `x-amzn-ErrorType` headers AWS services send).
+//! The server side of HTTP/1.1 on the wire, for the fake AWS endpoints (the recording
+//! [`FakeXray`](crate::FakeXray) and the counting [`FastXray`](crate::FastXray)): reading one
+//! request (Content-Length or chunked body, `Expect: 100-continue`), fresh or into a reused
+//! [`HttpRequest`], and writing one answer (with the `Date`, `x-amzn-RequestId` and
+//! `x-amzn-ErrorType` headers AWS services send).
 
 use super::sigv4::header;
 use std::io::{BufRead, Read, Write};
 use std::time::SystemTime;
 
 /// A parsed HTTP/1.1 request.
+#[derive(Debug, Default)]
 pub struct HttpRequest {
     pub method: String,
     pub path: String,
@@ -14,6 +17,20 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub chunked: bool,
+    /// Sent as HTTP/1.0 (whose connections close after each answer unless kept alive).
+    pub http10: bool,
+}
+
+impl HttpRequest {
+    /// Whether the client asked for the connection to end after the answer: `Connection: close`,
+    /// or HTTP/1.0 without `Connection: keep-alive`.
+    pub fn wants_close(&self) -> bool {
+        match header(&self.headers, "connection").map(str::to_ascii_lowercase) {
+            Some(v) if v.contains("close") => true,
+            Some(v) if v.contains("keep-alive") => false,
+            _ => self.http10,
+        }
+    }
 }
 
 const MAX_LINE: usize = 64 * 1024;
@@ -44,9 +61,20 @@ pub fn read_http_request(
     r: &mut impl BufRead,
     w: &mut impl Write,
 ) -> std::io::Result<Option<HttpRequest>> {
+    let mut req = HttpRequest::default();
+    Ok(read_http_request_into(r, w, &mut req)?.then_some(req))
+}
+
+/// Reads one request into `req`, reusing its buffers (the body's above all): the fast fake's
+/// path, one allocation-free body per request. `Ok(false)` on a clean EOF between requests.
+pub fn read_http_request_into(
+    r: &mut impl BufRead,
+    w: &mut impl Write,
+    req: &mut HttpRequest,
+) -> std::io::Result<bool> {
     let line = loop {
         match read_line(r)? {
-            None => return Ok(None),
+            None => return Ok(false),
             Some(l) if l.is_empty() => continue,
             Some(l) => break l,
         }
@@ -60,7 +88,14 @@ pub fn read_http_request(
         return Err(std::io::Error::other(format!("bad version {version:?}")));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
+    req.method.clear();
+    req.method.push_str(method);
+    req.path.clear();
+    req.path.push_str(path);
+    req.query.clear();
+    req.query.push_str(query);
+    req.http10 = version == "HTTP/1.0";
+    req.headers.clear();
     loop {
         let Some(h) = read_line(r)? else {
             return Err(std::io::Error::other("EOF in headers"));
@@ -71,16 +106,19 @@ pub fn read_http_request(
         let (k, v) = h
             .split_once(':')
             .ok_or_else(|| std::io::Error::other(format!("bad header line {h:?}")))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
+        req.headers
+            .push((k.trim().to_string(), v.trim().to_string()));
     }
-    if header(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+    let headers = &req.headers;
+    if header(headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         w.flush()?;
     }
-    let chunked = header(&headers, "transfer-encoding")
+    req.chunked = header(headers, "transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let mut body = Vec::new();
-    if chunked {
+    let body = &mut req.body;
+    body.clear();
+    if req.chunked {
         loop {
             let size_line =
                 read_line(r)?.ok_or_else(|| std::io::Error::other("EOF in chunk size"))?;
@@ -107,7 +145,7 @@ pub fn read_http_request(
             let mut crlf = Vec::new();
             r.read_until(b'\n', &mut crlf)?;
         }
-    } else if let Some(cl) = header(&headers, "content-length") {
+    } else if let Some(cl) = header(headers, "content-length") {
         let n: usize = cl
             .trim()
             .parse()
@@ -116,16 +154,9 @@ pub fn read_http_request(
             return Err(std::io::Error::other("body too large"));
         }
         body.resize(n, 0);
-        r.read_exact(&mut body)?;
+        r.read_exact(body)?;
     }
-    Ok(Some(HttpRequest {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body,
-        chunked,
-    }))
+    Ok(true)
 }
 
 fn reason(code: u16) -> &'static str {
@@ -146,6 +177,18 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// What goes into an answer's head besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead<'a> {
+    pub code: u16,
+    pub content_type: &'a str,
+    pub request_id: &'a str,
+    /// `x-amzn-ErrorType`, when the answer is an AWS error.
+    pub error_type: Option<&'a str>,
+    /// Adds `Connection: close`: the connection ends after this answer.
+    pub close: bool,
+}
+
 /// Writes one answer: status line, `Date` (the fake's clock), `Content-Type`, `Content-Length`,
 /// `x-amzn-RequestId`, `x-amzn-ErrorType` when the body is JSON with a `__type`, and
 /// `Connection: close` when the connection ends after it.
@@ -158,6 +201,29 @@ pub(crate) fn write_response(
     request_id: &str,
     close: bool,
 ) -> std::io::Result<()> {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let error_type = json
+        .as_ref()
+        .and_then(|v| v.as_object()?.get("__type")?.as_str());
+    let head = ResponseHead {
+        code,
+        content_type,
+        request_id,
+        error_type,
+        close,
+    };
+    write_answer(w, &mut Vec::new(), now, &head, body)
+}
+
+/// Writes one answer as [`write_response`] does, with the error type given rather than read from
+/// the body, assembled in `out` (a buffer the caller reuses) and written with one call.
+pub fn write_answer(
+    w: &mut impl Write,
+    out: &mut Vec<u8>,
+    now: SystemTime,
+    head: &ResponseHead<'_>,
+    body: &[u8],
+) -> std::io::Result<()> {
     let date = jiff::Timestamp::try_from(now)
         .ok()
         .and_then(|t| {
@@ -166,22 +232,110 @@ pub(crate) fn write_response(
                 .ok()
         })
         .unwrap_or_default();
-    let mut head = format!(
-        "HTTP/1.1 {code} {}\r\nDate: {date}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: {request_id}\r\n",
-        reason(code),
-        body.len()
-    );
-    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(t) = m.get("__type").and_then(|t| t.as_str())
-    {
-        head.push_str(&format!("x-amzn-ErrorType: {t}\r\n"));
+    out.clear();
+    write!(
+        out,
+        "HTTP/1.1 {} {}\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\nx-amzn-RequestId: {}\r\n",
+        head.code,
+        reason(head.code),
+        head.content_type,
+        body.len(),
+        head.request_id,
+    )?;
+    if let Some(t) = head.error_type {
+        write!(out, "x-amzn-ErrorType: {t}\r\n")?;
     }
-    if close {
-        head.push_str("Connection: close\r\n");
+    if head.close {
+        out.extend_from_slice(b"Connection: close\r\n");
     }
-    head.push_str("\r\n");
-    let mut all = head.into_bytes();
-    all.extend_from_slice(body);
-    w.write_all(&all)?;
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    w.write_all(out)?;
     w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufReader;
+
+    #[test]
+    fn reads_requests_into_a_reused_buffer() {
+        let wire: &[u8] = b"POST /TraceSegments?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 4\r\nConnection: keep-alive\r\n\r\nbody\
+GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n\
+POST /x HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let mut r = BufReader::new(wire);
+        let mut w = Vec::new();
+        let mut req = HttpRequest::default();
+        assert!(read_http_request_into(&mut r, &mut w, &mut req).unwrap());
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/TraceSegments")
+        );
+        assert_eq!(
+            (req.query.as_str(), req.body.as_slice()),
+            ("x=1", &b"body"[..])
+        );
+        assert!(!req.chunked && !req.wants_close() && w.is_empty());
+        assert!(read_http_request_into(&mut r, &mut w, &mut req).unwrap());
+        assert_eq!(req.body, b"hello world");
+        assert!(req.chunked && req.http10 && req.wants_close());
+        assert_eq!(w, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(read_http_request_into(&mut r, &mut w, &mut req).unwrap());
+        assert!(req.body.is_empty() && req.wants_close() && !req.http10);
+        assert!(!read_http_request_into(&mut r, &mut w, &mut req).unwrap());
+        let mut bad = BufReader::new(&b"POST / HTTP/1.1\r\nnocolon\r\n\r\n"[..]);
+        assert!(read_http_request_into(&mut bad, &mut w, &mut req).is_err());
+        let mut bad =
+            BufReader::new(&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..]);
+        assert!(read_http_request(&mut bad, &mut w).is_err());
+    }
+
+    #[test]
+    fn answers_carry_the_aws_headers() {
+        let mut w = Vec::new();
+        let body = br#"{"__type":"ThrottledException","message":"slow down"}"#;
+        write_response(
+            &mut w,
+            SystemTime::UNIX_EPOCH,
+            429,
+            "application/json",
+            body,
+            "r1",
+            true,
+        )
+        .unwrap();
+        let text = String::from_utf8(w).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        for h in [
+            "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+            "Content-Length: 53\r\n",
+            "x-amzn-RequestId: r1\r\n",
+            "x-amzn-ErrorType: ThrottledException\r\n",
+            "Connection: close\r\n",
+        ] {
+            assert!(text.contains(h), "no {h:?} in {text}");
+        }
+        assert!(
+            text.ends_with("\r\n\r\n{\"__type\":\"ThrottledException\",\"message\":\"slow down\"}")
+        );
+        let (mut w, mut out) = (Vec::new(), Vec::new());
+        let head = ResponseHead {
+            code: 200,
+            content_type: "application/x-amz-json-1.1",
+            request_id: "bench",
+            error_type: None,
+            close: false,
+        };
+        write_answer(&mut w, &mut out, SystemTime::now(), &head, b"{}").unwrap();
+        let text = String::from_utf8(w).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\n{}"));
+        assert!(
+            !text.contains("ErrorType") && !text.contains("Connection"),
+            "{text}"
+        );
+    }
 }

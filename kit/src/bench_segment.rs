@@ -1,6 +1,7 @@
 //! Benchmark segments: a realistic document of a chosen size whose `id` carries the step and a
-//! sequence number and whose `start_time` is the send time, patched in place per datagram; and the
-//! fast scan the fake X-Ray uses to read them back out of a `PutTraceSegments` body.
+//! sequence number and whose `start_time` is the send time, patched in place per datagram (the
+//! harness's load generator); and the fast scan [`FastXray`](crate::FastXray) uses to read them
+//! back out of a `PutTraceSegments` body.
 
 /// The datagram header every X-Ray SDK sends.
 pub const HEADER: &[u8] = b"{\"format\":\"json\",\"version\":1}\n";

@@ -1,15 +1,25 @@
-//! The fake X-Ray: a loopback HTTP/1.1 server (a thread per keep-alive connection) that accepts
-//! `PutTraceSegments` without checking signatures, counts distinct delivered sequence numbers,
-//! duplicates and delivery latency, and injects faults (500, 429, unprocessed, delay) by fraction.
+//! The benchmark harness's fake X-Ray, [`FastXray`]: a loopback HTTP/1.1 server (a thread per
+//! keep-alive connection, pinned to given CPUs, on a fixed or free port) that accepts
+//! `PutTraceSegments` without checking signatures or keeping documents, counts distinct delivered
+//! sequence numbers of [`bench_segment`](crate::bench_segment) documents, duplicates and delivery
+//! latency, and injects faults (500, 429, unprocessed, delay) by fraction; over plain HTTP, or
+//! HTTPS with a self-signed certificate made at start-up (the daemon under test is told not to
+//! verify it: `NoVerifySSL`), so that a request costs its TLS too. It reads requests and
+//! writes answers with [`wire`](crate::wire), as the recording [`FakeXray`](crate::FakeXray) does;
+//! it is the one to use for hundreds of thousands of segments a second.
 
-use std::io::{self, Read, Write};
+use std::cell::RefCell;
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::segment::{self, hex16, split_id};
+use crate::bench_segment::{self as segment, hex16, split_id};
+use crate::process::pin_current_thread;
+use crate::wire::{HttpRequest, ResponseHead, read_http_request_into, write_answer};
 
 /// Fault injection: fractions of requests (500, 429) or of documents in accepted requests
 /// (unprocessed), and a delay added before every `PutTraceSegments` answer.
@@ -104,6 +114,7 @@ struct Shared {
     faults: Faults,
     cpus: Vec<usize>,
     streams: Mutex<Vec<TcpStream>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -113,16 +124,31 @@ impl Shared {
 }
 
 /// The running fake. Stops on drop.
-pub struct FakeXray {
+pub struct FastXray {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
 }
 
-impl FakeXray {
+impl FastXray {
     /// Listens on `127.0.0.1:port` (0 = any free port); connection threads pin themselves to
     /// `cpus` when it is not empty.
-    pub fn start(port: u16, faults: Faults, cpus: Vec<usize>) -> io::Result<FakeXray> {
+    pub fn start(port: u16, faults: Faults, cpus: Vec<usize>) -> io::Result<FastXray> {
+        Self::start_with(port, faults, cpus, None)
+    }
+
+    /// Like [`FastXray::start`], serving HTTPS with a self-signed certificate for `127.0.0.1`
+    /// and `localhost`, made now.
+    pub fn start_https(port: u16, faults: Faults, cpus: Vec<usize>) -> io::Result<FastXray> {
+        Self::start_with(port, faults, cpus, Some(self_signed_tls()?))
+    }
+
+    fn start_with(
+        port: u16,
+        faults: Faults,
+        cpus: Vec<usize>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<FastXray> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -131,21 +157,27 @@ impl FakeXray {
             faults,
             cpus,
             streams: Mutex::new(Vec::new()),
+            tls,
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new()
             .name("bench-fake-accept".into())
             .spawn(move || accept_loop(listener, s))?;
-        Ok(FakeXray {
+        Ok(FastXray {
             addr,
             shared,
             accept: Some(accept),
         })
     }
 
-    /// The base URL to give the daemon.
+    /// The base URL to give the daemon (`https://` when serving HTTPS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Forgets everything and starts counting documents of `step`.
@@ -175,7 +207,7 @@ impl FakeXray {
     }
 }
 
-impl Drop for FakeXray {
+impl Drop for FastXray {
     fn drop(&mut self) {
         self.shared.stop.store(true, Relaxed);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
@@ -196,7 +228,7 @@ impl Drop for FakeXray {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     if !shared.cpus.is_empty() {
-        let _ = super::sys::pin_current_thread(&shared.cpus);
+        let _ = pin_current_thread(&shared.cpus);
     }
     let mut n: u64 = 0;
     for stream in listener.incoming() {
@@ -217,9 +249,27 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .name(format!("bench-fake-{n}"))
             .spawn(move || {
                 if !s.cpus.is_empty() {
-                    let _ = super::sys::pin_current_thread(&s.cpus);
+                    let _ = pin_current_thread(&s.cpus);
                 }
-                let _ = serve(stream, &s, Rng::new(seed));
+                let _ = stream.set_nodelay(true);
+                let rng = Rng::new(seed);
+                match &s.tls {
+                    None => {
+                        if let Ok(read_half) = stream.try_clone() {
+                            let _ = serve(read_half, stream, &s, rng);
+                        }
+                    }
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                            return;
+                        };
+                        let tls = Rc::new(RefCell::new(rustls::StreamOwned::new(conn, stream)));
+                        let _ = serve(Half(tls.clone()), Half(tls.clone()), &s, rng);
+                        let mut tls = tls.borrow_mut();
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                }
             });
     }
 }
@@ -243,184 +293,108 @@ impl Rng {
     }
 }
 
-/// The parts of a request head the server needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub method: String,
-    pub path: String,
-    /// Bytes of the head, including the blank line.
-    pub len: usize,
-    pub content_length: usize,
-    pub chunked: bool,
-    pub close: bool,
-    pub expect_continue: bool,
+/// A TLS server configuration (ring, TLS 1.2 and 1.3) with a certificate for `127.0.0.1` and
+/// `localhost` made now, signed by itself.
+fn self_signed_tls() -> io::Result<Arc<rustls::ServerConfig>> {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let cert = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(io::Error::other)?;
+    Ok(Arc::new(config))
 }
 
-/// Parses a request head at the start of `buf`: Ok(None) while incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
-    let Some(end) = segment::find_sub(buf, b"\r\n\r\n") else {
-        return if buf.len() > 64 * 1024 {
-            Err("request head too large")
-        } else {
-            Ok(None)
-        };
-    };
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| "head is not UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().filter(|m| !m.is_empty()).ok_or("no method")?;
-    let target = first.next().ok_or("no target")?;
-    let version = first.next().ok_or("no version")?;
-    let mut head = Head {
-        method: method.to_string(),
-        path: target.split('?').next().unwrap_or_default().to_string(),
-        len: end + 4,
-        content_length: 0,
-        chunked: false,
-        close: version == "HTTP/1.0",
-        expect_continue: false,
-    };
-    for line in lines {
-        let Some((k, v)) = line.split_once(':') else {
-            return Err("bad header line");
-        };
-        let v = v.trim();
-        if k.eq_ignore_ascii_case("content-length") {
-            head.content_length = v.parse().map_err(|_| "bad content-length")?;
-        } else if k.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = v.to_ascii_lowercase().contains("chunked");
-        } else if k.eq_ignore_ascii_case("connection") {
-            let v = v.to_ascii_lowercase();
-            if v.contains("close") {
-                head.close = true;
-            } else if v.contains("keep-alive") {
-                head.close = false;
-            }
-        } else if k.eq_ignore_ascii_case("expect") {
-            head.expect_continue = v.eq_ignore_ascii_case("100-continue");
-        }
-    }
-    Ok(Some(head))
-}
+/// One side of a stream that a connection thread both reads (through a buffer) and writes: a TLS
+/// stream, whose state the two sides share.
+struct Half<S>(Rc<RefCell<S>>);
 
-/// Decodes a chunked body at the start of `buf`: Ok(None) while incomplete, else the body and the
-/// bytes it took (trailers included).
-pub fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, &'static str> {
-    let mut body = Vec::new();
-    let mut i = 0;
-    loop {
-        let Some(eol) = segment::find_sub(&buf[i..], b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&buf[i..i + eol]).map_err(|_| "bad chunk size")?;
-        let size_hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
-        i += eol + 2;
-        if size == 0 {
-            // Trailers end with an empty line.
-            loop {
-                let Some(eol) = segment::find_sub(&buf[i..], b"\r\n") else {
-                    return Ok(None);
-                };
-                i += eol + 2;
-                if eol == 0 {
-                    return Ok(Some((body, i)));
-                }
-            }
-        }
-        if buf.len() < i + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[i..i + size]);
-        if &buf[i + size..i + size + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF");
-        }
-        i += size + 2;
+impl<S: Read> Read for Half<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
     }
 }
 
-fn serve(mut stream: TcpStream, shared: &Shared, mut rng: Rng) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(128 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+impl<S: Write> Write for Half<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// Answers the requests of one connection, read from `reader` and answered on `writer` (two
+/// handles of one TCP stream, or the two halves of a TLS stream) until it closes.
+fn serve(
+    reader: impl Read,
+    mut writer: impl Write,
+    shared: &Shared,
+    mut rng: Rng,
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(128 * 1024, reader);
+    let mut req = HttpRequest::default();
     let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut body = String::with_capacity(4096);
     let mut docs: Vec<(u64, Option<u64>)> = Vec::with_capacity(64);
     loop {
-        let head = loop {
-            match parse_head(&buf) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => {
-                    respond(&mut stream, &mut out, 400, "BadRequest", e, true)?;
-                    return Ok(());
+        let (status, error_type, close) =
+            match read_http_request_into(&mut reader, &mut writer, &mut req) {
+                Ok(true) if shared.stop.load(Relaxed) => return Ok(()),
+                Ok(true) => {
+                    let answer = match (req.method.as_str(), req.path.as_str()) {
+                        ("POST", "/TraceSegments") => {
+                            put_trace_segments(&req.body, shared, &mut rng, &mut docs, &mut body)
+                        }
+                        ("POST", "/TelemetryRecords") => {
+                            shared.lock().t.telemetry += 1;
+                            body.clear();
+                            body.push_str("{}");
+                            (200, None)
+                        }
+                        _ => {
+                            shared.lock().t.requests_bad += 1;
+                            error_body(&mut body, "UnknownOperationException", "unknown path");
+                            (404, Some("UnknownOperationException"))
+                        }
+                    };
+                    (answer.0, answer.1, req.wants_close())
                 }
-            }
-            let n = stream.read(&mut chunk)?;
-            if n == 0 || shared.stop.load(Relaxed) {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+                Ok(false) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Other => {
+                    error_body(&mut body, "BadRequest", &e.to_string());
+                    (400, Some("BadRequest"), true)
+                }
+                Err(_) => return Ok(()),
+            };
+        let head = ResponseHead {
+            code: status,
+            content_type: "application/x-amz-json-1.1",
+            request_id: "bench",
+            error_type,
+            close,
         };
-        if head.expect_continue {
-            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        }
-        let (body, used): (std::borrow::Cow<'_, [u8]>, usize) = if head.chunked {
-            loop {
-                match decode_chunked(&buf[head.len..]) {
-                    Ok(Some((b, n))) => break (b.into(), head.len + n),
-                    Ok(None) => {}
-                    Err(e) => {
-                        respond(&mut stream, &mut out, 400, "BadRequest", e, true)?;
-                        return Ok(());
-                    }
-                }
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        } else {
-            let want = head.len + head.content_length;
-            if buf.len() < want {
-                let missing = (want - buf.len()) as u64;
-                (&mut stream).take(missing).read_to_end(&mut buf)?;
-                if buf.len() < want {
-                    return Ok(());
-                }
-            }
-            (buf[head.len..want].into(), want)
-        };
-        if shared.stop.load(Relaxed) {
-            return Ok(());
-        }
-        match (head.method.as_str(), head.path.as_str()) {
-            ("POST", "/TraceSegments") => {
-                put_trace_segments(&body, shared, &mut rng, &mut docs, &mut out);
-                stream.write_all(&out)?;
-            }
-            ("POST", "/TelemetryRecords") => {
-                shared.lock().t.telemetry += 1;
-                respond(&mut stream, &mut out, 200, "", "", false)?;
-            }
-            _ => {
-                shared.lock().t.requests_bad += 1;
-                respond(
-                    &mut stream,
-                    &mut out,
-                    404,
-                    "UnknownOperationException",
-                    "unknown path",
-                    false,
-                )?;
-            }
-        }
-        drop(body);
-        buf.drain(..used);
-        if head.close {
+        write_answer(
+            &mut writer,
+            &mut out,
+            SystemTime::now(),
+            &head,
+            body.as_bytes(),
+        )?;
+        if close {
             return Ok(());
         }
     }
+}
+
+/// An AWS error body: `{"__type":..,"message":..}`.
+fn error_body(out: &mut String, error_type: &str, message: &str) {
+    out.clear();
+    out.push_str(&serde_json::json!({ "__type": error_type, "message": message }).to_string());
 }
 
 fn now_us() -> u64 {
@@ -429,14 +403,14 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Handles one PutTraceSegments body; leaves the whole HTTP answer in `out`.
+/// Handles one PutTraceSegments body: the answer's status and error type, its body in `json`.
 fn put_trace_segments(
     body: &[u8],
     shared: &Shared,
     rng: &mut Rng,
     docs: &mut Vec<(u64, Option<u64>)>,
-    out: &mut Vec<u8>,
-) {
+    json: &mut String,
+) -> (u16, Option<&'static str>) {
     docs.clear();
     let mut unreadable = 0u64;
     let parsed = segment::for_each_document(body, |d| match segment::document_fields(d) {
@@ -452,27 +426,31 @@ fn put_trace_segments(
         let mut t = shared.lock();
         t.t.requests_bad += 1;
         drop(t);
-        http(out, 400, "InvalidRequestException", e);
-        return;
+        error_body(json, "InvalidRequestException", e);
+        return (400, Some("InvalidRequestException"));
     }
     let draw = rng.unit();
-    if draw < f.p500 {
+    let refusal = if draw < f.p500 {
+        Some((500, "InternalFailure", "fake internal failure"))
+    } else if draw < f.p500 + f.p429 {
+        Some((429, "ThrottledException", "Rate exceeded"))
+    } else {
+        None
+    };
+    if let Some((status, error_type, message)) = refusal {
         let mut t = shared.lock();
-        t.t.requests_500 += 1;
+        if status == 500 {
+            t.t.requests_500 += 1;
+        } else {
+            t.t.requests_429 += 1;
+        }
         t.t.documents += n_docs;
         drop(t);
-        http(out, 500, "InternalFailure", "fake internal failure");
-        return;
+        error_body(json, error_type, message);
+        return (status, Some(error_type));
     }
-    if draw < f.p500 + f.p429 {
-        let mut t = shared.lock();
-        t.t.requests_429 += 1;
-        t.t.documents += n_docs;
-        drop(t);
-        http(out, 429, "ThrottledException", "Rate exceeded");
-        return;
-    }
-    let mut json = String::from("{\"UnprocessedTraceSegments\":[");
+    json.clear();
+    json.push_str("{\"UnprocessedTraceSegments\":[");
     let mut first = true;
     let now = now_us();
     let mut t = shared.lock();
@@ -526,89 +504,14 @@ fn put_trace_segments(
     }
     drop(t);
     json.push_str("]}");
-    http(out, 200, "", &json);
-}
-
-/// A complete HTTP answer: JSON body, `x-amzn-ErrorType` for errors.
-fn http(out: &mut Vec<u8>, status: u16, error_type: &str, body_or_message: &str) {
-    out.clear();
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        _ => "Internal Server Error",
-    };
-    let body = if error_type.is_empty() {
-        if body_or_message.is_empty() {
-            "{}".to_string()
-        } else {
-            body_or_message.to_string()
-        }
-    } else {
-        format!("{{\"__type\":\"{error_type}\",\"message\":\"{body_or_message}\"}}")
-    };
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: bench\r\n"
-    );
-    if !error_type.is_empty() {
-        let _ = write!(out, "x-amzn-ErrorType: {error_type}\r\n");
-    }
-    let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    status: u16,
-    error_type: &str,
-    message: &str,
-    close: bool,
-) -> io::Result<()> {
-    http(out, status, error_type, message);
-    stream.write_all(out)?;
-    if close {
-        let _ = stream.shutdown(Shutdown::Write);
-    }
-    Ok(())
+    (200, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::{HEADER, Template, format_epoch_us, make_id};
-    use std::io::BufRead;
-
-    #[test]
-    fn parses_heads() {
-        let req: &[u8] = b"POST /TraceSegments?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 12\r\nConnection: keep-alive\r\n\r\nbody";
-        let h = parse_head(req).unwrap().unwrap();
-        assert_eq!(h.method, "POST");
-        assert_eq!(h.path, "/TraceSegments");
-        assert_eq!(h.content_length, 12);
-        assert!(!h.close && !h.chunked);
-        assert_eq!(&req[h.len..], b"body");
-        assert_eq!(parse_head(b"POST / HTTP/1.1\r\nHost: a\r\n").unwrap(), None);
-        let h = parse_head(
-            b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert!(h.close && h.chunked && h.expect_continue);
-        assert!(parse_head(b"POST / HTTP/1.1\r\nnocolon\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn decodes_chunked_bodies() {
-        let b = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
-        let (body, used) = decode_chunked(b).unwrap().unwrap();
-        assert_eq!(body, b"hello world");
-        assert_eq!(&b[used..], b"NEXT");
-        assert_eq!(decode_chunked(b"5\r\nhel").unwrap(), None);
-        assert_eq!(decode_chunked(b"0\r\n").unwrap(), None);
-        assert!(decode_chunked(b"zz\r\n").is_err());
-    }
+    use crate::bench_segment::{HEADER, Template, format_epoch_us, make_id};
+    use std::io::{BufRead, Read, Write};
 
     #[test]
     fn bits() {
@@ -627,9 +530,8 @@ mod tests {
             if i > 0 {
                 out.push(b',');
             }
-            out.push(b'"');
-            xrayd::json::escape_json_string(&d[HEADER.len()..], &mut out);
-            out.push(b'"');
+            let doc = std::str::from_utf8(&d[HEADER.len()..]).unwrap();
+            out.extend_from_slice(serde_json::to_string(doc).unwrap().as_bytes());
         }
         out.extend_from_slice(b"]}");
         out
@@ -666,7 +568,7 @@ mod tests {
 
     #[test]
     fn counts_distinct_deliveries_duplicates_and_stale_documents() {
-        let fake = FakeXray::start(0, Faults::default(), vec![]).unwrap();
+        let fake = FastXray::start(0, Faults::default(), vec![]).unwrap();
         fake.begin_step(2);
         let mut c = std::io::BufReader::new(TcpStream::connect(fake.addr).unwrap());
         let (status, answer) = post(&mut c, "/TraceSegments", &body(2, &[0, 1, 2]));
@@ -696,7 +598,7 @@ mod tests {
             delay: Duration::from_millis(1),
             seed: 7,
         };
-        let fake = FakeXray::start(0, faults, vec![]).unwrap();
+        let fake = FastXray::start(0, faults, vec![]).unwrap();
         fake.begin_step(0);
         let mut c = std::io::BufReader::new(TcpStream::connect(fake.addr).unwrap());
         let mut statuses = [0u32; 3];
