@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use support::capture::Captured;
 use support::sigv4::{auth_key_id, auth_scope};
 use support::{
     Answer, Env, FakeXray, RecordedRequest, TempDir, creds_json, poll, sts_error, sts_ok,
@@ -28,37 +29,24 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/xray-writer";
 // ---------------------------------------------------------------------------------------------
 // Log capture: every line any test logs lands here, so tests can check that no secret did.
 
-#[derive(Clone)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+fn log_buffer() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
     LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
+        let captured = Captured::default();
         xrayd::log::init(
             Level::Trace,
             Format::Text,
-            Output::Writer(Box::new(SharedBuf(buf.clone()))),
+            Output::Writer(captured.writer()),
         )
         .expect("log init");
-        buf
+        captured
     })
 }
 
 fn log_text() -> String {
-    let buf = log_buffer();
+    let captured = log_buffer();
     xrayd::log::flush(Duration::from_secs(2));
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+    captured.text()
 }
 
 /// No secret in the log, nor in any of `texts`.

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use support::capture::Captured;
 use support::sso::{Portal, SsoFake, SsoIdentities};
 use support::{
     Answer, Daemon, Env, FakeXray, RecordedRequest, TempDir, poll, rfc3339_in, segment_id,
@@ -478,41 +479,26 @@ fn portal_refusals_401_and_403_are_clear_errors() {
 // ---------------------------------------------------------------------------------------------
 // In process: the chain's provider
 
-#[derive(Clone)]
-struct SharedBuf(LogBuf);
-
-type LogBuf = Arc<Mutex<Vec<u8>>>;
-
-impl std::io::Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Every line the in-process tests log lands here (not on the terminal), to be checked for
 /// secrets.
-fn log_buffer() -> &'static LogBuf {
-    static LOG: OnceLock<LogBuf> = OnceLock::new();
+fn log_buffer() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
     LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
+        let captured = Captured::default();
         xrayd::log::init(
             Level::Trace,
             Format::Text,
-            Output::Writer(Box::new(SharedBuf(buf.clone()))),
+            Output::Writer(captured.writer()),
         )
         .expect("log init");
-        buf
+        captured
     })
 }
 
 fn log_text() -> String {
-    let buf = log_buffer();
+    let captured = log_buffer();
     xrayd::log::flush(Duration::from_secs(2));
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+    captured.text()
 }
 
 fn fast_opts() -> ChainOptions {

@@ -8,6 +8,7 @@
 
 pub mod answers;
 pub mod bench_segment;
+pub mod capture;
 pub mod crypto;
 pub mod daemon;
 pub mod env;
