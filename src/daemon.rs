@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::VERSION;
 use crate::aws::credentials::{
     ChainOptions, ProvideCredentials, build_provider_with, redacted_key_id,
 };
@@ -19,9 +20,6 @@ use crate::upload::retry::Backoff;
 use crate::upload::sink::{LocalSink, Sink, XraySink};
 use crate::upload::{FAILURE_LOG_INTERVAL, Uploader};
 use crate::xray::client::{ClientConfig, XrayClient};
-
-/// The version printed by `-v` and sent in the user agent.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The user agent suffix the AWS daemon sends, naming xrayd.
 pub fn user_agent(env: &dyn Fn(&str) -> Option<String>) -> String {

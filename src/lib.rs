@@ -16,6 +16,9 @@
 //! - [`config`]: flags (one parser for every command), config files, settings; [`log`], [`json`]:
 //!   output helpers; [`daemon`]: the wiring. The benchmark harness is its own crate (harness/).
 
+/// xrayd's version, as `xrayd -v`, the start-up line, the user agent and `/metrics` give it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod aws;
 pub mod batch;
 pub mod budget;

@@ -76,7 +76,7 @@ fn main() {
         return;
     }
     if parsed.is_set("version") {
-        println!("xrayd version: {}", xrayd::daemon::VERSION);
+        println!("xrayd version: {}", xrayd::VERSION);
         return;
     }
     if let Some(extra) = parsed.rest.first() {

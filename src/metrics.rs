@@ -79,7 +79,7 @@ pub fn render(stats: &Stats, extra: &Extra) -> String {
     let _ = writeln!(
         o,
         "xrayd_build_info{{version=\"{}\"}} 1",
-        escape_label(crate::daemon::VERSION)
+        escape_label(crate::VERSION)
     );
     single(
         o,

@@ -575,7 +575,7 @@ pub fn run(o: &Options) -> Result<Json, String> {
     }
     Ok(obj([
         ("tool", "xrayd bench".into()),
-        ("version", xrayd::daemon::VERSION.into()),
+        ("version", xrayd::VERSION.into()),
         ("date", started.to_string().into()),
         ("machine", machine()),
         ("target", label.as_str().into()),

@@ -51,7 +51,7 @@ impl Http {
             .max_redirects(0)
             .max_idle_connections(2)
             .max_idle_connections_per_host(2)
-            .user_agent(format!("xrayd/{}", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("xrayd/{}", crate::VERSION))
             .proxy(proxy)
             .build()
             .into();
