@@ -14,7 +14,7 @@ use super::credentials::ProvideCredentials;
 use super::dns::CachingResolver;
 use super::error_type::error_type;
 use super::http::authority;
-use super::sigv4::{Scope, correct_clock, sign_headers, signing_time};
+use super::sigv4::{CachedSigner, Scope, correct_clock, sign_headers, signing_time};
 use crate::stats::BackendError;
 
 /// A header carrying the signing time: its name, and how to write the time.
@@ -75,6 +75,18 @@ pub struct SignedClient {
     time_header: Option<TimeHeader>,
     user_agent: String,
     credentials: Arc<dyn ProvideCredentials>,
+    /// Signs [`Signing::Cached`] calls.
+    cached: CachedSigner,
+}
+
+/// How a call is signed: both give the same signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    /// By aws-sigv4, deriving the signing key each time.
+    Sdk,
+    /// By [`CachedSigner`]: the signing key kept for the day, no allocation for the canonical
+    /// request (the upload path, a request every few milliseconds).
+    Cached,
 }
 
 /// Largest answer body read (the answers of the APIs called are small).
@@ -127,6 +139,7 @@ impl SignedClient {
             time_header: cfg.time_header,
             user_agent: cfg.user_agent.clone(),
             credentials,
+            cached: CachedSigner::new(cfg.scope.clone()),
         })
     }
 
@@ -139,7 +152,17 @@ impl SignedClient {
     /// answer. An answer refusing the request as signed at the wrong time corrects the signing
     /// clock from its `Date` header, and the request is signed and sent once more at once.
     pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, CallError> {
-        let (answer, date) = self.post_once(path, body)?;
+        self.post_signed(path, body, Signing::Sdk)
+    }
+
+    /// [`SignedClient::post`], signed as `signing` says.
+    pub fn post_signed(
+        &self,
+        path: &str,
+        body: &[u8],
+        signing: Signing,
+    ) -> Result<Answer, CallError> {
+        let (answer, date) = self.post_once(path, body, signing)?;
         let Some(date) = date.filter(|_| is_clock_skew(&answer)) else {
             return Ok(answer);
         };
@@ -154,11 +177,16 @@ impl SignedClient {
                 if offset >= 0 { "ahead of" } else { "behind" }
             );
         }
-        Ok(self.post_once(path, body)?.0)
+        Ok(self.post_once(path, body, signing)?.0)
     }
 
     /// One signed POST; the answer and its `Date` header.
-    fn post_once(&self, path: &str, body: &[u8]) -> Result<(Answer, Option<String>), CallError> {
+    fn post_once(
+        &self,
+        path: &str,
+        body: &[u8],
+        signing: Signing,
+    ) -> Result<(Answer, Option<String>), CallError> {
         let creds = self.credentials.credentials().map_err(|e| CallError {
             class: BackendError::Other,
             detail: e.to_string(),
@@ -167,19 +195,30 @@ impl SignedClient {
         let url = format!("{}{}", self.endpoint, path);
         let now = signing_time();
         let stamp = self.time_header.map(|(name, write)| (name, write(now)));
-        let mut signed_input = vec![
+        let mut signed_input = [
             ("host", self.host.as_str()),
             ("content-type", "application/json"),
+            ("", ""),
         ];
+        let mut n = 2;
         if let Some((name, value)) = &stamp {
-            signed_input.push((name, value.as_str()));
+            signed_input[n] = (name, value.as_str());
+            n += 1;
         }
-        let auth = sign_headers("POST", &url, &signed_input, body, &creds, &self.scope, now)
-            .map_err(|e| CallError {
-                class: BackendError::Other,
-                detail: e.to_string(),
-                retryable: false,
-            })?;
+        let signed_input = &signed_input[..n];
+        let auth = match signing {
+            Signing::Sdk => {
+                sign_headers("POST", &url, signed_input, body, &creds, &self.scope, now)
+            }
+            Signing::Cached => self
+                .cached
+                .sign("POST", &url, signed_input, body, &creds, now),
+        }
+        .map_err(|e| CallError {
+            class: BackendError::Other,
+            detail: e.to_string(),
+            retryable: false,
+        })?;
         let mut req = self
             .agent
             .post(&url)

@@ -1,4 +1,10 @@
-//! SigV4 signing of outbound requests with aws-sigv4, synchronously.
+//! SigV4 signing of outbound requests with aws-sigv4, synchronously, and the signing clock
+//! corrected from AWS's answers. [`CachedSigner`] signs the upload path's requests with the same
+//! result and a signing key derived once per day and credentials.
+
+mod cached;
+
+pub use cached::CachedSigner;
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
