@@ -1,14 +1,17 @@
 //! A signed, keep-alive HTTP client for one AWS JSON API (X-Ray's uploads, telemetry and sampling
 //! calls go through it): SigV4-signed POSTs, whole answers read with their status, error type and
 //! `Content-Type`, host lookups cached ([`super::dns`]), and the signing clock corrected from the
-//! service's `Date` when it refuses a request as signed at the wrong time.
+//! service's `Date` when it refuses a request as signed at the wrong time. A request's head and
+//! body leave in one write ([`coalesce`]).
+
+mod coalesce;
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ureq::unversioned::resolver::Resolver;
-use ureq::unversioned::transport::DefaultConnector;
+use ureq::unversioned::transport::{Connector, DefaultConnector};
 
 use super::credentials::ProvideCredentials;
 use super::dns::CachingResolver;
@@ -16,6 +19,7 @@ use super::error_type::error_type;
 use super::http::authority;
 use super::sigv4::{CachedSigner, Scope, correct_clock, sign_headers, signing_time};
 use crate::stats::BackendError;
+use coalesce::Coalesce;
 
 /// A header carrying the signing time: its name, and how to write the time.
 pub type TimeHeader = (&'static str, fn(SystemTime) -> String);
@@ -127,7 +131,7 @@ impl SignedClient {
             .build();
         let agent = ureq::Agent::with_parts(
             config,
-            DefaultConnector::default(),
+            DefaultConnector::default().chain(Coalesce),
             CachingResolver::new(resolver),
         );
         Ok(SignedClient {
