@@ -7,20 +7,23 @@
 //! `cargo bench --bench hot_path -- validate` runs one group.
 
 use std::hint::black_box;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use simd_json::prelude::*;
-use xrayd::aws::credentials::Credentials;
-use xrayd::aws::sigv4::{Scope, sign_headers};
+use xrayd::aws::credentials::{Credentials, StaticProvider};
+use xrayd::aws::sigv4::{CachedSigner, Scope, sign_headers};
 use xrayd::batch::Batcher;
 use xrayd::budget::{EvictOldest, Stage};
 use xrayd::ingest::datagram::{Validator, Verdict};
 use xrayd::queue::bounded;
 use xrayd::segment::Segment;
 use xrayd::stats::Stats;
+use xrayd::xray::client::{ClientConfig, XrayClient, xray_timestamp};
 use xrayd::xray::segments::put_trace_segments_body;
 
 const HEADER: &str = "{\"format\":\"json\",\"version\":1}\n";
@@ -258,28 +261,47 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_credentials() -> Credentials {
+    Credentials::new(
+        "AKIDEXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        Some("session-token".to_string()),
+        None,
+        "bench",
+    )
+}
+
+fn xray_scope() -> Scope {
+    Scope {
+        region: "us-east-1".into(),
+        service: "xray",
+    }
+}
+
+const URL: &str = "https://xray.us-east-1.amazonaws.com/TraceSegments";
+
 fn sign(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign");
     let docs = fifty_documents();
     let mut body = Vec::new();
     put_trace_segments_body(docs.iter().map(Vec::as_slice), &mut body);
     group.throughput(Throughput::Bytes(body.len() as u64));
-    let creds = Credentials::new(
-        "AKIDEXAMPLE",
-        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-        Some("session-token".to_string()),
-        None,
-        "bench",
-    );
-    let scope = Scope {
-        region: "us-east-1".into(),
-        service: "xray",
-    };
+    let creds = bench_credentials();
+    let scope = xray_scope();
     let headers = [
         ("host", "xray.us-east-1.amazonaws.com"),
         ("content-type", "application/json"),
     ];
     let time = SystemTime::now();
+    let signer = CachedSigner::new(xray_scope());
+    group.bench_function("cached_signer_50_docs", |b| {
+        b.iter(|| {
+            let h = signer
+                .sign("POST", URL, &headers, black_box(&body), &creds, time)
+                .unwrap();
+            black_box(h)
+        })
+    });
     group.bench_function("sign_headers_50_docs", |b| {
         b.iter(|| {
             let h = sign_headers(
@@ -298,12 +320,116 @@ fn sign(c: &mut Criterion) {
     group.finish();
 }
 
+/// The work of one upload request of 50 × 1 KB documents: the body encoded, the
+/// `X-Amzn-Xray-Timestamp` written, the request signed (as the upload path does, and with
+/// aws-sigv4 for comparison); then the whole call, HTTP included, to a minimal X-Ray on loopback.
+fn request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request");
+    let docs = fifty_documents();
+    group.throughput(Throughput::Elements(docs.len() as u64));
+    let creds = bench_credentials();
+    let host = "xray.us-east-1.amazonaws.com";
+    let mut body = Vec::with_capacity(128 * 1024);
+    let signer = CachedSigner::new(xray_scope());
+    let mut encode_and_sign = |cached: bool| {
+        body.clear();
+        put_trace_segments_body(docs.iter().map(Vec::as_slice), &mut body);
+        let now = SystemTime::now();
+        let stamp = xray_timestamp(now);
+        let headers = [
+            ("host", host),
+            ("content-type", "application/json"),
+            ("x-amzn-xray-timestamp", stamp.as_str()),
+        ];
+        let signed = if cached {
+            signer.sign("POST", URL, &headers, &body, &creds, now)
+        } else {
+            sign_headers("POST", URL, &headers, &body, &creds, &xray_scope(), now)
+        };
+        black_box(signed.unwrap());
+    };
+    group.bench_function("encode_sign_50x1KB_cached", |b| {
+        b.iter(|| encode_and_sign(true))
+    });
+    group.bench_function("encode_sign_50x1KB_aws_sigv4", |b| {
+        b.iter(|| encode_and_sign(false))
+    });
+
+    let endpoint = minimal_xray();
+    let client = XrayClient::new(
+        &ClientConfig {
+            endpoint,
+            region: "us-east-1".into(),
+            user_agent: "xrayd-bench".into(),
+            timeout: Duration::from_secs(5),
+            proxy: None,
+            max_idle: 1,
+            no_verify_ssl: false,
+        },
+        Arc::new(StaticProvider::new(creds.clone(), "bench")),
+    )
+    .expect("client");
+    group.bench_function("put_trace_segments_loopback_50x1KB", |b| {
+        b.iter(|| {
+            body.clear();
+            put_trace_segments_body(docs.iter().map(Vec::as_slice), &mut body);
+            let answer = client.put_trace_segments(&body).expect("answer");
+            assert_eq!(answer.status, 200);
+        })
+    });
+    group.finish();
+}
+
+/// An X-Ray on loopback that answers every request on a kept-alive connection with `200 {}`,
+/// doing nothing else; its base URL.
+fn minimal_xray() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = conn.set_nodelay(true);
+                let mut writer = conn.try_clone().expect("clone");
+                let mut reader = BufReader::with_capacity(256 * 1024, conn);
+                let mut line = String::new();
+                let mut body = Vec::new();
+                loop {
+                    let mut length = 0;
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    body.resize(length, 0);
+                    if reader.read_exact(&mut body).is_err()
+                        || writer
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = validate, queue, encode, sign
+    targets = validate, queue, encode, sign, request
 }
 criterion_main!(benches);
