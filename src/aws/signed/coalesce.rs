@@ -3,6 +3,10 @@
 //! record). [`Coalesce`] wraps every transport ureq opens and holds a small transmission back
 //! until the next one, sending both in one; anything held goes out before the transport waits
 //! for input, so no exchange can stall on it.
+//!
+//! ureq also probes a pooled connection twice per exchange (three system calls each): when it
+//! goes back to the pool, right after the answer was read, and when it is taken out again. Only
+//! the second probe tells anything the first did not, so the first is answered without one.
 
 use std::fmt;
 
@@ -26,6 +30,7 @@ impl<In: Transport> Connector<In> for Coalesce {
         Ok(chained.map(|inner| Coalescing {
             inner,
             held: Vec::new(),
+            answered: false,
         }))
     }
 }
@@ -35,6 +40,9 @@ pub struct Coalescing<T> {
     inner: T,
     /// Bytes transmitted by ureq and not yet passed on.
     held: Vec<u8>,
+    /// Input came since the last probe: the next probe is the one of a connection going back to
+    /// the pool after its answer, and the probe when it is taken out follows anyway.
+    answered: bool,
 }
 
 impl<T> fmt::Debug for Coalescing<T> {
@@ -93,17 +101,25 @@ impl<T: Transport> Transport for Coalescing<T> {
 
     fn maybe_await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         self.flush(timeout)?;
+        self.answered = true;
         self.inner.maybe_await_input(timeout)
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         self.flush(timeout)?;
+        self.answered = true;
         self.inner.await_input(timeout)
     }
 
     fn is_open(&mut self) -> bool {
         // Something held means an exchange was abandoned half-sent: not reusable.
-        self.held.is_empty() && self.inner.is_open()
+        if !self.held.is_empty() {
+            return false;
+        }
+        if std::mem::take(&mut self.answered) {
+            return true;
+        }
+        self.inner.is_open()
     }
 
     fn is_tls(&self) -> bool {
@@ -138,6 +154,7 @@ mod tests {
         buffers: LazyBuffers,
         sent: Vec<Vec<u8>>,
         reads: usize,
+        probes: usize,
     }
 
     impl Transport for Recorder {
@@ -153,6 +170,7 @@ mod tests {
             Ok(false)
         }
         fn is_open(&mut self) -> bool {
+            self.probes += 1;
             true
         }
     }
@@ -163,8 +181,10 @@ mod tests {
                 buffers: LazyBuffers::new(1024, output),
                 sent: Vec::new(),
                 reads: 0,
+                probes: 0,
             },
             held: Vec::new(),
+            answered: false,
         }
     }
 
@@ -191,6 +211,28 @@ mod tests {
         write(&mut t, &body);
         assert_eq!(t.inner.sent.len(), 2);
         assert_eq!(t.inner.sent[1], body);
+    }
+
+    #[test]
+    fn probes_once_per_exchange_when_taken_from_the_pool() {
+        let mut t = transport(64 * 1024);
+        // A fresh connection: probed.
+        assert!(t.is_open());
+        assert_eq!(t.inner.probes, 1);
+        write(&mut t, b"POST / HTTP/1.1\r\n\r\n");
+        write(&mut t, b"{}");
+        t.await_input(NextTimeout::default()).unwrap();
+        // Back to the pool right after the answer: not probed.
+        assert!(t.is_open());
+        assert_eq!(t.inner.probes, 1);
+        // Taken out of the pool: probed, and every probe after it too.
+        assert!(t.is_open());
+        assert!(t.is_open());
+        assert_eq!(t.inner.probes, 3);
+        // Half-sent: never reusable, whatever came before.
+        t.await_input(NextTimeout::default()).unwrap();
+        write(&mut t, b"GET");
+        assert!(!t.is_open());
     }
 
     #[test]
