@@ -1,6 +1,6 @@
 //! Benchmarks of the per-segment hot path: validation (simd-json, compared with serde_json on the
-//! same bodies), the ingest → batcher queue (alone and under contention), request-body encoding and
-//! SigV4 signing.
+//! same bodies), the ingest → batcher queue (alone and under contention), request-body encoding
+//! (and JSON escaping alone), formatting a log line, and SigV4 signing.
 //!
 //! `cargo bench --bench hot_path` runs everything in a few minutes on 2 cores;
 //! `cargo bench --bench hot_path -- --test` runs each benchmark once (smoke test);
@@ -20,6 +20,7 @@ use xrayd::aws::sigv4::{CachedSigner, Scope, sign_headers};
 use xrayd::batch::Batcher;
 use xrayd::budget::{EvictOldest, Stage};
 use xrayd::ingest::datagram::{Validator, Verdict};
+use xrayd::json::escape_json_string;
 use xrayd::queue::bounded;
 use xrayd::segment::Segment;
 use xrayd::stats::Stats;
@@ -261,6 +262,69 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+/// JSON escaping alone, on the documents of one request: realistic segment text (a quote every
+/// few bytes, no control characters) and the same with non-ASCII text and escaped quotes in it.
+fn escape(c: &mut Criterion) {
+    let mut group = c.benchmark_group("escape");
+    let docs = fifty_documents();
+    let total: usize = docs.iter().map(Vec::len).sum();
+    group.throughput(Throughput::Bytes(total as u64));
+    let mut out = Vec::with_capacity(total * 2);
+    group.bench_function("segments_50x1KB", |b| {
+        b.iter(|| {
+            out.clear();
+            for doc in &docs {
+                escape_json_string(black_box(doc), &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    let mixed: Vec<Vec<u8>> = docs
+        .iter()
+        .map(|d| {
+            String::from_utf8_lossy(d)
+                .replace("checkout-service", "café-kasse-€")
+                .replace("PutItem", "Put\\\"Item\\\"\\n")
+                .replace("orders", "注文\\t")
+                .into_bytes()
+        })
+        .collect();
+    let total: usize = mixed.iter().map(Vec::len).sum();
+    group.throughput(Throughput::Bytes(total as u64));
+    group.bench_function("segments_non_ascii_50x1KB", |b| {
+        b.iter(|| {
+            out.clear();
+            for doc in &mixed {
+                escape_json_string(black_box(doc), &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+/// Formatting the info line every delivered batch logs (text format, as the AWS daemon's).
+fn log_line(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_line");
+    group.throughput(Throughput::Elements(1));
+    let (n, secs) = (50u64, 0.004_f64);
+    group.bench_function("info_batch_sent", |b| {
+        b.iter(|| {
+            let line = xrayd::log::line(
+                xrayd::log::Level::Info,
+                &[],
+                format_args!(
+                    "Successfully sent batch of {} segments ({:.3} seconds)",
+                    black_box(n),
+                    black_box(secs)
+                ),
+            );
+            black_box(line)
+        })
+    });
+    group.finish();
+}
+
 fn bench_credentials() -> Credentials {
     Credentials::new(
         "AKIDEXAMPLE",
@@ -430,6 +494,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = validate, queue, encode, sign, request
+    targets = validate, queue, encode, escape, log_line, sign, request
 }
 criterion_main!(benches);

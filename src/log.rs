@@ -236,12 +236,17 @@ pub fn write_fields(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::
     if !enabled(level) {
         return;
     }
-    let line = if FORMAT.load(Relaxed) == Format::Json as u8 {
+    emit(line(level, fields, args));
+}
+
+/// The line [`write_fields`] would write, newline included, in the current format (whatever the
+/// level): what the writer thread receives.
+pub fn line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
+    if FORMAT.load(Relaxed) == Format::Json as u8 {
         json_line(level, fields, args)
     } else {
         text_line(level, fields, args)
-    };
-    emit(line);
+    }
 }
 
 /// Where lines go before the daemon sets up its log: stdout. In unit tests, the test harness's
