@@ -337,10 +337,24 @@ pub fn write_errors() -> u64 {
 }
 
 fn text_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Arguments<'_>) -> String {
-    let message = message_of(args);
-    let mut line = String::with_capacity(message.len() + 40);
-    let _ = write!(line, "{} [{}] ", timestamp(), level.label());
-    push_escaped(&mut line, &excerpt(&message, MAX_MESSAGE_BYTES));
+    let mut line = String::with_capacity(128);
+    push_timestamp(&mut line);
+    line.push_str(" [");
+    line.push_str(level.label());
+    line.push_str("] ");
+    // The message is formatted in place; only one that is too long or holds something to escape
+    // is taken out again and written the careful way.
+    let start = line.len();
+    match args.as_str() {
+        Some(s) => line.push_str(s),
+        None => {
+            let _ = line.write_fmt(args);
+        }
+    }
+    if line.len() - start > MAX_MESSAGE_BYTES || needs_escape(&line[start..]) {
+        let message = line.split_off(start);
+        push_escaped(&mut line, &excerpt(&message, MAX_MESSAGE_BYTES));
+    }
     for (k, v) in fields {
         let _ = match v {
             Value::U(n) => write!(line, " {k}={n}"),
@@ -401,7 +415,8 @@ fn must_escape(c: char) -> bool {
 }
 
 fn needs_escape(s: &str) -> bool {
-    s.chars().any(must_escape)
+    // Each such character has a byte outside printable ASCII, so plain text needs one byte scan.
+    s.bytes().any(|b| !(b' '..=b'~').contains(&b) && b != b'\t') && s.chars().any(must_escape)
 }
 
 /// Appends `s` with every [`must_escape`] character spelled out: `\n`, `\r`, `\x1b`, `\u{202e}`.
@@ -487,9 +502,9 @@ fn json_line(level: Level, fields: &[(&str, Value<'_>)], args: std::fmt::Argumen
     line
 }
 
-fn now_local() -> jiff::Zoned {
+fn local(t: jiff::Timestamp) -> jiff::Zoned {
     let tz = TZ.get_or_init(jiff::tz::TimeZone::system);
-    jiff::Timestamp::now().to_zoned(tz.clone())
+    t.to_zoned(tz.clone())
 }
 
 fn utc_as_z(s: String) -> String {
@@ -501,12 +516,46 @@ fn utc_as_z(s: String) -> String {
 
 /// Local time, RFC 3339 to the second (`Z` for UTC), as the AWS daemon prints it.
 pub fn timestamp() -> String {
-    utc_as_z(now_local().strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+    let mut s = String::with_capacity(25);
+    push_timestamp(&mut s);
+    s
+}
+
+/// `t` in local time, RFC 3339 to the second (`Z` for UTC).
+fn format_second(t: jiff::Timestamp) -> String {
+    utc_as_z(local(t).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+}
+
+thread_local! {
+    /// The second this thread last wrote a timestamp for, and that timestamp: converting to local
+    /// time and formatting is done once a second, not once a line.
+    static SECOND: std::cell::RefCell<(i64, String)> =
+        const { std::cell::RefCell::new((i64::MIN, String::new())) };
+}
+
+/// Appends [`timestamp`] for now.
+fn push_timestamp(out: &mut String) {
+    push_timestamp_at(out, jiff::Timestamp::now());
+}
+
+/// Appends the [`timestamp`] of `now` (through this thread's cached second).
+fn push_timestamp_at(out: &mut String, now: jiff::Timestamp) {
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != now.as_second() {
+            *text = format_second(now);
+            *second = now.as_second();
+        }
+        out.push_str(text);
+    });
 }
 
 /// Local time, RFC 3339 with milliseconds (JSON lines).
 pub fn timestamp_millis() -> String {
-    utc_as_z(now_local().strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string())
+    utc_as_z(
+        local(jiff::Timestamp::now())
+            .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string(),
+    )
 }
 
 /// The writer thread's side: the output, and the log file's rotation state.
@@ -848,6 +897,32 @@ mod tests {
         assert_eq!(&t[4..5], "-");
         assert_eq!(&t[10..11], "T");
         assert!(t.ends_with('Z') || t.len() == 25, "{t}");
+    }
+
+    #[test]
+    fn the_cached_timestamp_is_the_one_of_its_second() {
+        let at = |s: i64, ns: i32| jiff::Timestamp::new(1_795_689_254 + s, ns).unwrap();
+        let stamp = |t| {
+            let mut s = String::new();
+            push_timestamp_at(&mut s, t);
+            s
+        };
+        let first = stamp(at(0, 1));
+        assert_eq!(first, format_second(at(0, 0)));
+        assert_eq!(stamp(at(0, 999_999_999)), first);
+        let next = stamp(at(1, 5));
+        assert_eq!(next, format_second(at(1, 0)));
+        assert_ne!(next, first);
+        assert_eq!(stamp(at(-3600, 0)), format_second(at(-3600, 0)));
+        // Now, as written on a line: the same text a fresh conversion gives.
+        loop {
+            let before = format_second(jiff::Timestamp::now());
+            let line = timestamp();
+            if before == format_second(jiff::Timestamp::now()) {
+                assert_eq!(line, before);
+                break;
+            }
+        }
     }
 
     #[test]
