@@ -181,24 +181,31 @@ impl Worker {
         let mut batch = RecvBatch::new(RECV_BATCH, recvmmsg::DATAGRAM_BUFFER);
         let mut validator = Validator::new();
         let mut last_wake = Instant::now();
+        // Set after a pause: the next read goes to the socket directly. Whatever arrived during
+        // the pause is read without asking epoll first (its edge-triggered readiness then holds
+        // at most one stale event, which costs one empty read when traffic stops).
+        let mut paused = false;
         loop {
-            // Wake up when held-back rejections are due to be reported; otherwise only for data.
-            let due =
-                self.summaries.rejected.pending().map(|at| {
+            if !paused {
+                // Wake up when held-back rejections are due to be reported; otherwise only for
+                // data.
+                let due = self.summaries.rejected.pending().map(|at| {
                     at.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
                 });
-            if let Err(e) = self.poll.poll(&mut events, due) {
-                if e.kind() == io::ErrorKind::Interrupted {
+                if let Err(e) = self.poll.poll(&mut events, due) {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    crate::error!("UDP poll failed: {e}");
+                    return;
+                }
+                if events.is_empty() && !self.stop.load(Relaxed) {
+                    // Woken by the timeout, not by data.
+                    self.held_back_summary();
                     continue;
                 }
-                crate::error!("UDP poll failed: {e}");
-                return;
             }
             self.held_back_summary();
-            if events.is_empty() && !self.stop.load(Relaxed) {
-                // Woken by the timeout, not by data.
-                continue;
-            }
             if self.stop.load(Relaxed) {
                 // What already sits in the kernel's buffer was sent to us: take it before leaving,
                 // within a bound so a sender that never stops cannot hold up shutdown.
@@ -207,6 +214,13 @@ impl Worker {
             }
             let wake = Instant::now();
             let (datagrams, bytes) = self.drain(&mut batch, &mut validator, usize::MAX);
+            paused = false;
+            if datagrams == 0 {
+                // Nothing arrived (a pause with no traffic, or a stale readiness event): wait for
+                // data in epoll.
+                last_wake = wake;
+                continue;
+            }
             // Let datagrams gather in the kernel's buffer before the next read: one wake-up then
             // serves many of them, for this thread and for the batcher it feeds.
             let rest = pause(
@@ -218,12 +232,14 @@ impl Worker {
             last_wake = wake;
             if !rest.is_zero() && !self.stop.load(Relaxed) {
                 std::thread::sleep(rest);
+                paused = true;
             }
         }
     }
 
-    /// Edge-triggered readiness: receive until the socket would block (or `max_calls` calls).
-    /// Returns the datagrams and bytes read.
+    /// Edge-triggered readiness: receive until the socket is empty (a call that would block or
+    /// filled fewer buffers than it offered), or `max_calls` calls. Returns the datagrams and
+    /// bytes read.
     fn drain(
         &self,
         batch: &mut RecvBatch,
@@ -240,6 +256,11 @@ impl Worker {
                     let (d, b) = self.handle(batch, validator);
                     datagrams += d;
                     bytes += b;
+                    if batch.buffers() < RECV_BATCH && max_calls == usize::MAX {
+                        // A short read emptied the socket: another call would only say so. A
+                        // datagram arriving from now on raises a new edge-triggered event.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -124,6 +124,11 @@ impl RecvBatch {
         Ok(datagrams)
     }
 
+    /// Buffers the last call filled (fewer than offered: the socket was emptied).
+    pub fn buffers(&self) -> usize {
+        self.filled
+    }
+
     /// The datagrams of the last call: bytes and whether each was truncated.
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], bool)> {
         (0..self.filled).flat_map(move |i| {
