@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 
 use crate::budget::Charge;
 use crate::queue::QueueReader;
@@ -138,10 +138,63 @@ impl Batcher {
     }
 }
 
+/// Longest the batcher lets segments gather in the ring before taking them (see [`gather`]).
+pub const MAX_GATHER: Duration = Duration::from_millis(20);
+
+/// Shorter gathering is not worth a timer: the batcher waits on the ring instead.
+const MIN_GATHER: Duration = Duration::from_micros(500);
+
+/// A rate no sender reaches without the kernel dropping first: a gathering pause never lets this
+/// rate fill more than a quarter of the ring, so even a sudden surge does not spill.
+const SURGE_RATE: u64 = 250_000;
+
+/// How long to let segments gather in the ring before the next look, given that the open batch
+/// holds `open` segments, that the last look took `taken` segments, which arrived over
+/// `elapsed`, that the open batch is due in `until_due`, and that the ring has `slots` slots.
+///
+/// Waiting on the ring wakes the batcher at every push, i.e. at every read of an ingest worker;
+/// under light traffic a segment only needs taking when its batch is full or due. So with a
+/// batch open and less than a batch taken per look, the batcher sleeps until, at the rate just
+/// seen, the batch would be full, but never past its due time, never longer than
+/// [`MAX_GATHER`], and never so long that [`SURGE_RATE`] would fill more than a quarter of the
+/// ring. Zero (wait on the ring) with no batch open, under heavy traffic, or when that leaves less
+/// than [`MIN_GATHER`].
+pub fn gather(
+    open: usize,
+    taken: u64,
+    elapsed: Duration,
+    until_due: Duration,
+    slots: usize,
+) -> Duration {
+    if open == 0 || open >= MAX_BATCH_SEGMENTS || taken >= MAX_BATCH_SEGMENTS as u64 {
+        return Duration::ZERO;
+    }
+    let missing = (MAX_BATCH_SEGMENTS - open) as u128;
+    let fill = if taken == 0 {
+        MAX_GATHER
+    } else {
+        let nanos = elapsed.as_nanos().saturating_mul(missing) / u128::from(taken);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    };
+    let surge = Duration::from_nanos(
+        u64::try_from(slots as u128 / 4 * 1_000_000_000 / u128::from(SURGE_RATE))
+            .unwrap_or(u64::MAX),
+    );
+    let wait = fill.min(MAX_GATHER).min(until_due).min(surge);
+    if wait < MIN_GATHER {
+        Duration::ZERO
+    } else {
+        wait
+    }
+}
+
 /// Runs the batcher until every producer is gone and the queue is drained, handing each batch to
-/// `out`. Idle, it sleeps in the queue's blocking receive.
+/// `out`. Idle, it sleeps in the queue's blocking receive; under light traffic it lets segments
+/// gather between looks ([`gather`]).
 pub fn run(queue: QueueReader, mut out: impl FnMut(Batch)) {
     let mut batcher = Batcher::default();
+    let slots = queue.rx.capacity().unwrap_or(usize::MAX);
+    let mut last_look = Instant::now();
     loop {
         let received = match batcher.deadline() {
             Some(deadline) => queue.rx.recv_deadline(deadline),
@@ -150,18 +203,44 @@ pub fn run(queue: QueueReader, mut out: impl FnMut(Batch)) {
         match received {
             Ok(segment) => {
                 // One clock read per wake-up: what is waiting arrived within microseconds.
-                let now = Instant::now();
+                let mut now = Instant::now();
                 if let Some(b) = batcher.push(segment, now) {
                     out(b);
                 }
-                // Take what is already waiting without blocking again.
-                while let Ok(segment) = queue.rx.try_recv() {
-                    if let Some(b) = batcher.push(segment, now) {
+                let mut taken = 1;
+                loop {
+                    // Take what is already waiting without blocking again.
+                    let mut gone = false;
+                    loop {
+                        match queue.rx.try_recv() {
+                            Ok(segment) => {
+                                taken += 1;
+                                if let Some(b) = batcher.push(segment, now) {
+                                    out(b);
+                                }
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(b) = batcher.poll(Instant::now()) {
                         out(b);
                     }
-                }
-                if let Some(b) = batcher.poll(Instant::now()) {
-                    out(b);
+                    let open = batcher.open.as_ref().map_or(0, Batch::len);
+                    let until_due = batcher
+                        .deadline()
+                        .map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+                    let wait = gather(open, taken, now.duration_since(last_look), until_due, slots);
+                    last_look = now;
+                    if gone || wait.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(wait);
+                    now = Instant::now();
+                    taken = 0;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -252,6 +331,71 @@ mod tests {
         let mut h = head;
         assert!(h.split_off(5).is_empty());
         assert_eq!(h.len(), 1);
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    const SLOTS: usize = 60_000;
+
+    #[test]
+    fn light_traffic_gathers_until_the_batch_would_be_full() {
+        // 1 k/s: 5 segments in 5 ms, 10 open; 40 more take 40 ms, longer than the longest gathering.
+        assert_eq!(gather(10, 5, 5 * MS, FLUSH_INTERVAL, SLOTS), MAX_GATHER);
+        // 10 k/s, 40 open: the batch is full in 1 ms.
+        assert_eq!(gather(40, 20, 2 * MS, FLUSH_INTERVAL, SLOTS), MS);
+        // Nothing taken since the last look: the longest gathering, within the due time.
+        assert_eq!(gather(3, 0, 20 * MS, FLUSH_INTERVAL, SLOTS), MAX_GATHER);
+        assert_eq!(gather(3, 0, 20 * MS, 7 * MS, SLOTS), 7 * MS);
+    }
+
+    #[test]
+    fn no_open_batch_heavy_traffic_or_a_short_gathering_waits_on_the_ring() {
+        assert_eq!(gather(0, 5, 5 * MS, FLUSH_INTERVAL, SLOTS), Duration::ZERO);
+        assert_eq!(
+            gather(10, MAX_BATCH_SEGMENTS as u64, 5 * MS, FLUSH_INTERVAL, SLOTS),
+            Duration::ZERO
+        );
+        // 48 open at 10 k/s: 0.2 ms to go.
+        assert_eq!(gather(48, 10, MS, FLUSH_INTERVAL, SLOTS), Duration::ZERO);
+        // Due in 0.3 ms.
+        assert_eq!(
+            gather(3, 1, 5 * MS, Duration::from_micros(300), SLOTS),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_surge_during_the_gathering_fits_in_a_quarter_of_the_ring() {
+        let wait = gather(10, 5, 5 * MS, FLUSH_INTERVAL, 4096);
+        assert!(wait > 4 * MS && wait < MAX_GATHER, "{wait:?}");
+        assert!(wait.as_secs_f64() * SURGE_RATE as f64 <= 1024.0);
+        assert_eq!(gather(10, 5, 5 * MS, FLUSH_INTERVAL, 256), Duration::ZERO);
+    }
+
+    #[test]
+    fn run_delivers_what_trickles_in_and_stops_when_the_producers_go() {
+        let stats = std::sync::Arc::new(crate::stats::Stats::default());
+        struct NoOlder;
+        impl crate::budget::EvictOldest for NoOlder {
+            fn evict_oldest(&self, _: crate::budget::Stage) -> Option<Segment> {
+                None
+            }
+        }
+        let (w, r) = crate::queue::bounded(1000, 1 << 30, stats, std::sync::Arc::new(NoOlder));
+        let batcher = std::thread::spawn(move || {
+            let mut sizes = vec![];
+            run(r, |b| sizes.push(b.len()));
+            sizes
+        });
+        // 120 segments at about 2 k/s: the batcher gathers between looks.
+        for i in 0..120 {
+            w.push(seg(i));
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let t = Instant::now();
+        drop(w);
+        let sizes = batcher.join().unwrap();
+        assert_eq!(sizes, vec![50, 50, 20]);
+        assert!(t.elapsed() < FLUSH_INTERVAL / 2, "{:?}", t.elapsed());
     }
 
     #[test]
