@@ -157,8 +157,10 @@ const SURGE_RATE: u64 = 250_000;
 /// batch open and less than a batch taken per look, the batcher sleeps until, at the rate just
 /// seen, the batch would be full, but never past its due time, never longer than
 /// [`MAX_GATHER`], and never so long that [`SURGE_RATE`] would fill more than a quarter of the
-/// ring. Zero (wait on the ring) with no batch open, under heavy traffic, or when that leaves less
-/// than [`MIN_GATHER`].
+/// ring. Zero (wait on the ring, whose next push wakes the batcher) with no batch open, when
+/// nothing came since the last look (the producers paused or stopped), under heavy traffic, when
+/// the batch is full within about one more look anyway, or when that leaves less than
+/// [`MIN_GATHER`].
 pub fn gather(
     open: usize,
     taken: u64,
@@ -166,16 +168,16 @@ pub fn gather(
     until_due: Duration,
     slots: usize,
 ) -> Duration {
-    if open == 0 || open >= MAX_BATCH_SEGMENTS || taken >= MAX_BATCH_SEGMENTS as u64 {
+    if open == 0 || open >= MAX_BATCH_SEGMENTS || taken == 0 || taken >= MAX_BATCH_SEGMENTS as u64 {
         return Duration::ZERO;
     }
     let missing = (MAX_BATCH_SEGMENTS - open) as u128;
-    let fill = if taken == 0 {
-        MAX_GATHER
-    } else {
-        let nanos = elapsed.as_nanos().saturating_mul(missing) / u128::from(taken);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    };
+    let nanos = elapsed.as_nanos().saturating_mul(missing) / u128::from(taken);
+    let fill = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+    if fill < elapsed.saturating_mul(2) {
+        // Full within about one more look: waiting on the ring costs no more wake-ups.
+        return Duration::ZERO;
+    }
     let surge = Duration::from_nanos(
         u64::try_from(slots as u128 / 4 * 1_000_000_000 / u128::from(SURGE_RATE))
             .unwrap_or(u64::MAX),
@@ -202,6 +204,9 @@ pub fn run(queue: QueueReader, mut out: impl FnMut(Batch)) {
         };
         match received {
             Ok(segment) => {
+                // Woken by a producer's first push: let it finish pushing what it read (on a
+                // shared core it was preempted), so that one look takes all of it.
+                std::thread::yield_now();
                 // One clock read per wake-up: what is waiting arrived within microseconds.
                 let mut now = Instant::now();
                 if let Some(b) = batcher.push(segment, now) {
@@ -340,11 +345,10 @@ mod tests {
     fn light_traffic_gathers_until_the_batch_would_be_full() {
         // 1 k/s: 5 segments in 5 ms, 10 open; 40 more take 40 ms, longer than the longest gathering.
         assert_eq!(gather(10, 5, 5 * MS, FLUSH_INTERVAL, SLOTS), MAX_GATHER);
-        // 10 k/s, 40 open: the batch is full in 1 ms.
-        assert_eq!(gather(40, 20, 2 * MS, FLUSH_INTERVAL, SLOTS), MS);
-        // Nothing taken since the last look: the longest gathering, within the due time.
-        assert_eq!(gather(3, 0, 20 * MS, FLUSH_INTERVAL, SLOTS), MAX_GATHER);
-        assert_eq!(gather(3, 0, 20 * MS, 7 * MS, SLOTS), 7 * MS);
+        // 2 k/s, 20 open: the batch is full in 15 ms, three looks from now.
+        assert_eq!(gather(20, 10, 5 * MS, FLUSH_INTERVAL, SLOTS), 15 * MS);
+        // Within the due time.
+        assert_eq!(gather(3, 2, 5 * MS, 7 * MS, SLOTS), 7 * MS);
     }
 
     #[test]
@@ -354,8 +358,16 @@ mod tests {
             gather(10, MAX_BATCH_SEGMENTS as u64, 5 * MS, FLUSH_INTERVAL, SLOTS),
             Duration::ZERO
         );
-        // 48 open at 10 k/s: 0.2 ms to go.
-        assert_eq!(gather(48, 10, MS, FLUSH_INTERVAL, SLOTS), Duration::ZERO);
+        // Nothing came since the last look: the next push wakes the batcher.
+        assert_eq!(gather(3, 0, 20 * MS, FLUSH_INTERVAL, SLOTS), Duration::ZERO);
+        // 10 k/s read every 5 ms, 10 open: the next read fills the batch.
+        assert_eq!(
+            gather(10, 48, 5 * MS, FLUSH_INTERVAL, SLOTS),
+            Duration::ZERO
+        );
+        // 1 k/s, 5 per look: with 35 open the batch is full in 15 ms; with 47 open, at the next look.
+        assert_eq!(gather(35, 5, 5 * MS, FLUSH_INTERVAL, SLOTS), 15 * MS);
+        assert_eq!(gather(47, 5, 5 * MS, FLUSH_INTERVAL, SLOTS), Duration::ZERO);
         // Due in 0.3 ms.
         assert_eq!(
             gather(3, 1, 5 * MS, Duration::from_micros(300), SLOTS),
