@@ -64,24 +64,13 @@ pub fn credentials_from_json(
     what: &str,
 ) -> Result<Credentials, CredentialsError> {
     let mut copy = body.to_vec();
-    let v = simd_json::to_borrowed_value(&mut copy).map_err(|_| {
-        CredentialsError(format!(
-            "{what}: the answer is not a JSON document ({} bytes)",
-            body.len()
-        ))
-    })?;
+    let v = parse_answer(&mut copy, what)?;
     if v.as_object().is_none() {
         return Err(CredentialsError(format!(
             "{what}: the answer is not a JSON object"
         )));
     }
-    let field = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+    let field = |k: &str| string_field(&v, k);
     let id = field("AccessKeyId")
         .ok_or_else(|| CredentialsError(format!("{what}: the answer has no AccessKeyId")))?;
     let secret = field("SecretAccessKey")
@@ -94,6 +83,30 @@ pub fn credentials_from_json(
         None => None,
     };
     Ok(Credentials::new(id, secret, token, expiry, provider_name))
+}
+
+/// Parses a credentials answer (`copy` is the scratch copy simd-json works in). The error names
+/// `what` and the answer's size, never its content: it holds secrets.
+pub fn parse_answer<'a>(
+    copy: &'a mut [u8],
+    what: &str,
+) -> Result<simd_json::BorrowedValue<'a>, CredentialsError> {
+    let len = copy.len();
+    simd_json::to_borrowed_value(copy).map_err(|_| {
+        CredentialsError(format!(
+            "{what}: the answer is not a JSON document ({len} bytes)"
+        ))
+    })
+}
+
+/// The trimmed string field `key` of a credentials answer's object, if present and not empty.
+pub fn string_field(object: &simd_json::BorrowedValue<'_>, key: &str) -> Option<String> {
+    object
+        .get(key)
+        .and_then(|x| x.as_str())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// A string field of a JSON object, for non-secret fields (`Code`, `Message`, `Version`...).

@@ -18,7 +18,7 @@ use simd_json::prelude::*;
 use super::credentials::{Credentials, CredentialsError};
 use super::endpoint::{resolve_sso_oidc_endpoint, resolve_sso_portal_endpoint};
 use super::error_type::error_type;
-use super::fetch::{FetchCredentials, json_field};
+use super::fetch::{FetchCredentials, json_field, parse_answer, string_field};
 use super::http::{Http, excerpt, form_encode, proxy_for, redact_url};
 use super::sso_cache::{self, CachedToken, TokenState};
 
@@ -343,22 +343,13 @@ pub fn role_credentials_from_json(
     what: &str,
 ) -> Result<Credentials, CredentialsError> {
     let mut copy = body.to_vec();
-    let v = simd_json::to_borrowed_value(&mut copy).map_err(|_| {
-        CredentialsError(format!(
-            "{what}: the answer is not a JSON document ({} bytes)",
-            body.len()
-        ))
-    })?;
+    let v = parse_answer(&mut copy, what)?;
     let rc = v
         .get("roleCredentials")
         .filter(|r| r.as_object().is_some())
         .ok_or_else(|| CredentialsError(format!("{what}: the answer has no roleCredentials")))?;
     let field = |k: &str| {
-        rc.get(k)
-            .and_then(|x| x.as_str())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
+        string_field(rc, k)
             .ok_or_else(|| CredentialsError(format!("{what}: the answer has no {k}")))
     };
     let id = field("accessKeyId")?;
